@@ -1,0 +1,42 @@
+# The two commands a new user runs: `make run` and `make test`. Both create .venv.
+PYTHON ?= python3
+VENV   := .venv
+BIN    := $(VENV)/bin
+STAMP  := $(VENV)/.installed
+
+.PHONY: run test lint typecheck pytest proto bench bench-quick clean
+
+$(STAMP): pyproject.toml clients/python/pyproject.toml
+	$(PYTHON) -m venv $(VENV)
+	$(BIN)/python -m pip install --quiet --upgrade pip
+	$(BIN)/python -m pip install --quiet -e ./clients/python -e '.[dev]'
+	touch $(STAMP)
+
+## run: serve on loopback with a dev PKI and the example bundle (under ./.pdp-dev)
+run: $(STAMP)
+	$(BIN)/pdp run
+
+## test: the one quality gate: ruff, mypy (strict on pdp/), pytest with warnings as errors
+test: lint typecheck pytest
+
+lint: $(STAMP)
+	$(BIN)/ruff check pdp tests benchmarks scripts clients/python
+
+typecheck: $(STAMP)
+	$(BIN)/mypy
+
+pytest: $(STAMP)
+	$(BIN)/pytest $(PYTEST_ARGS)
+
+## proto: regenerate the gRPC stubs from proto/pdp/v1 into the client package
+proto: $(STAMP)
+	$(BIN)/python scripts/gen_proto.py
+
+bench: $(STAMP)
+	$(BIN)/python -m benchmarks.run --full
+
+bench-quick: $(STAMP)
+	$(BIN)/python -m benchmarks.run --quick
+
+clean:
+	rm -rf $(VENV) .pytest_cache .mypy_cache .ruff_cache

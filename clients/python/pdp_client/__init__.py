@@ -1,0 +1,1 @@
+"""pdp-client: the thin client of the pdp policy decision point."""

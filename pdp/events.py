@@ -1,0 +1,70 @@
+"""Security events: the one record shape shared by the audit trail and the detectors.
+
+The server emits an :class:`Event` for every decision, admin act, authentication
+failure, token issuance, reload and alert; sinks decide what to keep.
+"""
+
+from __future__ import annotations
+
+import enum
+import uuid
+from collections.abc import Mapping
+from dataclasses import dataclass, field
+from typing import Any, Protocol
+
+__all__ = ["Event", "EventSink", "EventType", "Severity", "new_event_id"]
+
+
+class Severity(enum.StrEnum):
+    INFO = "info"
+    WARNING = "warning"
+    HIGH = "high"
+    CRITICAL = "critical"
+
+
+class EventType(enum.StrEnum):
+    DECISION = "decision"
+    AUTH_FAILURE_CERT = "auth.failure.certificate"
+    AUTH_FAILURE_TOKEN = "auth.failure.token"
+    AUTH_FAILURE_PEER = "auth.failure.peer"  # peer address outside a listener's CIDR allow-list
+    PERMISSION_DENIED = "auth.permission_denied"  # system policy refused an RPC
+    TOKEN_ISSUED = "token.issued"
+    TOKEN_REPLAY = "token.replay"
+    BUNDLE_PUSH = "admin.bundle.push"
+    BUNDLE_PUSH_REJECTED = "admin.bundle.push_rejected"
+    BUNDLE_SIGNATURE_FAILURE = "admin.bundle.signature_failure"
+    BUNDLE_ACTIVATE = "admin.bundle.activate"
+    BUNDLE_ROLLBACK = "admin.bundle.rollback"
+    BUNDLE_ACTIVATED = "bundle.activated"  # this replica now serves a version
+    QUARANTINE = "admin.quarantine"
+    RELEASE = "admin.release"
+    CERT_RELOAD = "security.cert_reload"
+    KEY_ROTATE = "security.key_rotate"
+    ALERT = "alert"
+    SERVICE_START = "service.start"
+    SERVICE_STOP = "service.stop"
+
+
+def new_event_id() -> str:
+    """A random, unique event id (UUID4, hex)."""
+    return uuid.uuid4().hex
+
+
+@dataclass(frozen=True, slots=True, kw_only=True)
+class Event:
+    """One security-relevant happening. ``details`` never holds a secret or a token."""
+
+    type: EventType
+    time: float  # seconds since the epoch, from the injected clock
+    severity: Severity = Severity.INFO
+    actor: str = ""  # the verified identity (SPIFFE ID or CN), or the subject for decisions
+    peer: str = ""  # the caller's address as gRPC reports it, e.g. "ipv4:127.0.0.1:5555"
+    outcome: str = ""  # allow | deny | success | failure
+    details: Mapping[str, Any] = field(default_factory=dict)
+    event_id: str = field(default_factory=new_event_id)
+
+
+class EventSink(Protocol):
+    """Anything that takes events: the audit trail, the detector pipeline, a test list."""
+
+    def emit(self, event: Event) -> None: ...

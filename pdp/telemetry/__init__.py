@@ -1,0 +1,1 @@
+"""pdp.telemetry."""
