@@ -1,0 +1,175 @@
+"""Keeps the engine's active bundle, quarantine and shadow in step with the bundle store.
+
+Every path to activation (a push, ActivateBundle, Rollback, a change made by another
+replica, start-up) goes through :meth:`BundleManager.sync`, which re-validates the stored
+bytes (digest and signature) before one atomic swap in the engine.
+"""
+
+from __future__ import annotations
+
+import logging
+import threading
+from collections.abc import Callable
+from dataclasses import dataclass
+
+from pdp.clock import Clock
+from pdp.errors import BundleError, StoreCorruptError
+from pdp.policy import Bundle, CompiledPolicy, Limits, PolicyEngine, compile_bundle, load_bundle
+from pdp.security.signing import BundleVerifier
+from pdp.store import Activation, BundleStore, StoredBundle
+
+__all__ = ["BundleManager", "Validated"]
+
+log = logging.getLogger(__name__)
+
+
+@dataclass(frozen=True, slots=True)
+class Validated:
+    """A pushed bundle that parsed, validated and carries an acceptable signature."""
+
+    bundle: Bundle
+    data: bytes
+    signature: bytes | None
+    key_id: str | None
+
+
+class BundleManager:
+    """Validation, storage and activation of bundles for one replica."""
+
+    def __init__(
+        self,
+        *,
+        store: BundleStore,
+        engine: PolicyEngine,
+        verifier: BundleVerifier,
+        limits: Limits,
+        clock: Clock,
+        on_activated: Callable[[CompiledPolicy], None] | None = None,
+        on_shadow: Callable[[CompiledPolicy | None], None] | None = None,
+    ) -> None:
+        self._store = store
+        self._engine = engine
+        self._verifier = verifier
+        self._limits = limits
+        self._clock = clock
+        self._on_activated = on_activated
+        self._on_shadow = on_shadow
+        self._lock = threading.RLock()
+        self._activation: Activation | None = None
+        self._shadow_version: str | None = None
+        self._state: object = object()
+
+    # --- validation --------------------------------------------------------------------------
+
+    def validate(
+        self, data: bytes, signature: bytes | None, key_id: str | None, *, source: str
+    ) -> Validated:
+        """Parse, validate and check the signature of pushed bytes; raise BundleError."""
+        bundle = load_bundle(data, source=source, limits=self._limits)
+        self._verifier.verify(bundle.digest, signature or None, key_id or None)
+        return Validated(bundle, data, signature or None, key_id or None)
+
+    def compile_stored(self, stored: StoredBundle) -> CompiledPolicy:
+        """Re-validate a stored bundle before it may serve; raise StoreCorruptError or BundleError."""
+        bundle = load_bundle(stored.data, source=f"store:{stored.version}", limits=self._limits)
+        if bundle.digest != stored.digest:
+            raise StoreCorruptError(
+                f"stored bundle {stored.version}: canonical digest {bundle.digest[:12]} does not "
+                f"match the recorded digest {stored.digest[:12]}; refusing to serve it"
+            )
+        self._verifier.verify(bundle.digest, stored.signature, stored.key_id)
+        return compile_bundle(bundle, version=stored.version, sequence=stored.sequence)
+
+    # --- admin acts -------------------------------------------------------------------------
+
+    def store(self, valid: Validated, *, by: str) -> StoredBundle:
+        """Store a validated bundle (not yet active)."""
+        return self._store.put(
+            valid.data,
+            digest=valid.bundle.digest,
+            signature=valid.signature,
+            key_id=valid.key_id,
+            pushed_by=by,
+            name=valid.bundle.name,
+            revision=valid.bundle.revision,
+            rule_count=len(valid.bundle.rules),
+            now=self._clock(),
+        )
+
+    def activate(self, version: str, *, by: str) -> StoredBundle:
+        """Activate a stored version everywhere (store first), then here; return it.
+
+        The bundle is compiled before the store's pointer moves, so a version that cannot
+        serve is never made active.
+        """
+        with self._lock:
+            stored = self._store.get(version)
+            self.compile_stored(stored)
+            self._store.activate(version, by=by, now=self._clock())
+            self.sync()
+            return stored
+
+    def rollback(self, *, by: str) -> StoredBundle:
+        """Make the previously active version active again; return it."""
+        with self._lock:
+            activation = self._store.rollback(by=by, now=self._clock())
+            stored = self._store.get(activation.version)
+            self.sync()
+            return stored
+
+    # --- reconciliation ---------------------------------------------------------------------
+
+    @property
+    def activation(self) -> Activation | None:
+        return self._activation
+
+    def sync(self) -> None:
+        """Bring the engine in line with the store: active bundle, quarantine, shadow.
+
+        A stored bundle that fails re-validation is refused loudly and the engine keeps
+        what it serves.
+        """
+        with self._lock:
+            self._sync_active()
+            self._sync_quarantine()
+            self._sync_shadow()
+
+    def sync_if_changed(self) -> None:
+        """Sync when the store's state token moved (cheap to call often)."""
+        token = self._store.state_token()
+        if token != self._state:
+            self._state = token
+            self.sync()
+
+    def _sync_active(self) -> None:
+        current = self._store.active()
+        if current is None:
+            return
+        activation, stored = current
+        if self._activation is not None and activation.sequence <= self._activation.sequence:
+            return
+        try:
+            policy = self.compile_stored(stored)
+        except (BundleError, StoreCorruptError) as exc:
+            log.error("refusing to activate stored bundle %s: %s", stored.version, exc)
+            raise
+        self._engine.activate(policy)
+        self._activation = activation
+        if self._on_activated is not None:
+            self._on_activated(policy)
+
+    def _sync_quarantine(self) -> None:
+        entries = self._store.quarantined(now=self._clock())
+        self._engine.set_quarantine({e.subject: e.until for e in entries})
+
+    def _sync_shadow(self) -> None:
+        version = self._store.shadow()
+        if version == self._shadow_version:
+            return
+        self._shadow_version = version
+        if self._on_shadow is None:
+            return
+        if version is None:
+            self._on_shadow(None)
+            return
+        self._on_shadow(self.compile_stored(self._store.get(version)))
