@@ -1,0 +1,494 @@
+"""The audit trail writer: decisions through a bounded queue and a writer thread, every
+other event written synchronously, all under one lock so the hash chain stays linear.
+"""
+
+from __future__ import annotations
+
+import collections
+import contextlib
+import errno
+import hashlib
+import logging
+import os
+import stat
+import threading
+import time
+from collections.abc import Sequence
+from pathlib import Path
+from typing import Any
+
+from pdp.audit.config import AuditConfig
+from pdp.audit.records import (
+    GENESIS,
+    RECOVERED,
+    SEAL,
+    Head,
+    file_name,
+    format_fields,
+    format_record,
+    iter_lines,
+    list_files,
+    read_head,
+    record_hash,
+    write_head,
+)
+from pdp.audit.verify import parse_record
+from pdp.clock import Clock
+from pdp.errors import AuditError, AuditUnavailableError
+from pdp.events import Event, EventType, new_event_id
+
+__all__ = ["RETRY_INTERVAL", "AuditCorruptError", "AuditLog", "NullAuditLog", "create_audit_log"]
+
+RETRY_INTERVAL = 0.5  # seconds between attempts to write again after a failure
+_log = logging.getLogger("pdp.audit")
+
+
+class AuditCorruptError(AuditError):
+    """The existing trail's tail is not intact (changed record, head ahead of the files);
+    the log refuses to continue it. Run ``pdp audit verify`` and move the directory aside."""
+
+
+class _WriteFailedError(Exception):
+    def __init__(self, written: int, cause: OSError) -> None:
+        super().__init__(str(cause))
+        self.written = written
+        self.cause = cause
+
+
+class AuditLog:
+    """The hash-chained audit trail of one process; an EventSink.
+
+    ``emit`` of a decision queues it (raising AuditUnavailableError when the log is
+    unhealthy or the queue is full, unless ``fail_open``); any other event is written,
+    flushed and (unless fsync="never") fsynced before ``emit`` returns.
+    """
+
+    def __init__(self, config: AuditConfig, *, clock: Clock) -> None:
+        self.config = config
+        self._clock = clock
+        self._dir = Path(config.dir)
+        self.healthy = False  # read on the hot path: a plain attribute
+        self.last_error = "not started"
+        self.sampled_out = 0  # allow decisions dropped by sampling
+        self.lost = 0  # events dropped (fail_open overflow, or unwritable at close)
+        self._threshold = int(config.sample_allow * 2**64)
+        self._sync = config.fsync != "never"
+        self._cond = threading.Condition()  # guards _pending, _closing
+        self._wlock = threading.Lock()  # the one writer order: held while records are chained
+        self._pending: collections.deque[Event] = collections.deque()
+        self._closing = False
+        self._started = False
+        self._thread: threading.Thread | None = None
+        # chain state, only touched under _wlock
+        self._fd: int | None = None
+        self._ident: tuple[int, int] = (0, 0)
+        self._number = 1
+        self._size = 0
+        self._seq = 0
+        self._prev = GENESIS
+        self._ready = False  # chain state known (resumed from disk)
+        self._dirty = False  # a write failed: repair before writing again
+        self._exclusive = False  # the next file opened must be new
+
+    # --- public surface -----------------------------------------------------------
+
+    @property
+    def queue_depth(self) -> int:
+        """Events accepted but not yet written."""
+        return len(self._pending)
+
+    def start(self) -> None:
+        """Resume the chain from the directory and start the writer thread.
+
+        Raises AuditCorruptError when the existing tail is not intact. An unwritable
+        directory does not raise: the log starts unhealthy and keeps retrying.
+        """
+        if self._started:
+            return
+        with self._wlock:
+            try:
+                self._dir.mkdir(parents=True, exist_ok=True, mode=0o750)
+                self._resume()
+                self._set_healthy()
+            except OSError as exc:
+                self._set_failed(exc)
+        self._started = True
+        self._thread = threading.Thread(target=self._run, name="pdp-audit-writer", daemon=True)
+        self._thread.start()
+
+    def emit(self, event: Event) -> None:
+        """Accept ``event``; raises AuditUnavailableError when it cannot be kept."""
+        if event.type is EventType.DECISION:
+            self._emit_decision(event)
+        else:
+            self._emit_sync(event)
+
+    def probe(self) -> bool:
+        """Try to make the log writable again (writes queued events); True when healthy."""
+        with self._wlock:
+            if self._repair():
+                self._drain_locked(limit=None)
+        return self.healthy
+
+    def close(self, timeout: float = 10.0) -> None:
+        """Write every accepted event, then stop; waits at most ``timeout`` seconds.
+
+        Events still unwritten after ``timeout`` (the trail stayed unwritable) are
+        counted in ``lost`` and logged; nothing accepted is dropped while writable.
+        """
+        with self._cond:
+            self._closing = True
+            self._cond.notify_all()
+        deadline = time.monotonic() + timeout
+        if self._thread is not None:
+            self._thread.join(max(0.0, timeout))
+        if self._wlock.acquire(timeout=max(0.1, deadline - time.monotonic())):
+            try:
+                with self._cond:
+                    left = len(self._pending)
+                    self._pending.clear()
+                if left:
+                    self.lost += left
+                    _log.error("audit log closed with %d unwritten events", left)
+                if self._fd is not None:
+                    os.close(self._fd)
+                    self._fd = None
+            finally:
+                self._wlock.release()
+        self.healthy = False
+        self.last_error = "closed"
+
+    # --- emit paths -------------------------------------------------------------------
+
+    def _emit_decision(self, event: Event) -> None:
+        if event.outcome == "allow" and self._threshold < 2**64:
+            key = str(event.details.get("decision_id") or event.event_id).encode()
+            if int.from_bytes(hashlib.sha256(key).digest()[:8], "big") >= self._threshold:
+                self.sampled_out += 1
+                return
+        fail_open = self.config.fail_open
+        if not self.healthy and not fail_open:
+            raise AuditUnavailableError(f"audit unavailable: {self.last_error}")
+        with self._cond:
+            if self._closing or not self._started:
+                if fail_open:
+                    self.lost += 1
+                    return
+                raise AuditUnavailableError("audit unavailable: log not running")
+            if len(self._pending) >= self.config.queue_size:
+                if fail_open:
+                    self.lost += 1
+                    return
+                raise AuditUnavailableError("audit unavailable: queue full")
+            self._pending.append(event)
+            depth = len(self._pending)
+            if depth == 1 or depth >= self.config.batch_max:
+                self._cond.notify()
+
+    def _emit_sync(self, event: Event) -> None:
+        if not self._started or self._closing:
+            raise AuditUnavailableError("audit unavailable: log not running")
+        with self._wlock:
+            for _ in range(2):  # a second try after _repair moved to a fresh file
+                if not (self._repair() and self._drain_locked(limit=None)):
+                    break
+                try:
+                    self._write_events([event])
+                    return
+                except _WriteFailedError as exc:
+                    self._set_failed(exc.cause)
+            if self.config.fail_open:
+                with self._cond:
+                    if len(self._pending) < self.config.queue_size:
+                        self._pending.append(event)
+                    else:
+                        self.lost += 1
+                return
+            raise AuditUnavailableError(f"audit unavailable: {self.last_error}")
+
+    # --- writer thread ----------------------------------------------------------------
+
+    def _run(self) -> None:
+        while True:
+            with self._cond:
+                if not self._pending and not self._closing:
+                    # While unhealthy, wake up to probe even with nothing queued.
+                    self._cond.wait(None if self.healthy else RETRY_INTERVAL)
+                if self._closing and not self._pending:
+                    return
+                if (
+                    self._pending
+                    and self.healthy
+                    and not self._closing
+                    and len(self._pending) < self.config.batch_max
+                ):
+                    self._cond.wait_for(
+                        lambda: self._closing or len(self._pending) >= self.config.batch_max,
+                        timeout=self.config.flush_interval,
+                    )
+                idle = not self._pending
+            if idle and self.healthy:
+                continue
+            with self._wlock:
+                ok = self._repair() and self._drain_locked(limit=self.config.batch_max)
+            if not ok and self._pending:
+                time.sleep(RETRY_INTERVAL)
+
+    def _drain_locked(self, *, limit: int | None) -> bool:
+        """Write queued events (all, or one batch); True unless a write failed."""
+        while True:
+            with self._cond:
+                count = len(self._pending) if limit is None else min(limit, len(self._pending))
+                batch = [self._pending.popleft() for _ in range(count)]
+            if not batch:
+                return True
+            try:
+                self._write_events(batch)
+            except _WriteFailedError as exc:
+                with self._cond:
+                    self._pending.extendleft(reversed(batch[exc.written :]))
+                self._set_failed(exc.cause)
+                return False
+            if limit is not None:
+                return True
+
+    # --- health -----------------------------------------------------------------------
+
+    def _set_failed(self, exc: Exception) -> None:
+        if isinstance(exc, OSError):
+            reason = f"{errno.errorcode.get(exc.errno or 0, 'error')}: {exc.strerror or exc}"
+        else:
+            reason = str(exc)
+        if self.healthy or reason != self.last_error:
+            _log.error("audit trail unwritable (%s); failing %s", reason,
+                       "open" if self.config.fail_open else "closed")
+        self.last_error = reason
+        self.healthy = False
+        self._dirty = True
+        with self._cond:  # wake the writer so it starts probing
+            self._cond.notify_all()
+
+    def _set_healthy(self) -> None:
+        if not self.healthy and self._started:
+            _log.warning("audit trail writable again")
+        self.last_error = ""
+        self.healthy = True
+
+    def _repair(self) -> bool:
+        """Under _wlock: undo a failed write and prove the directory writable."""
+        if self.healthy and not self._dirty:
+            return True
+        try:
+            if not self._ready:
+                self._resume()
+            elif self._fd is not None:
+                # Only a directory that is there can tell us our file is gone (no transient
+                # rename window makes us abandon a file that comes back).
+                if not stat.S_ISDIR(os.stat(self._dir).st_mode):
+                    raise OSError(errno.ENOTDIR, "audit directory is not a directory")
+                try:
+                    same = _ident(os.stat(self._path())) == self._ident
+                except FileNotFoundError:
+                    same = False
+                if same:
+                    os.ftruncate(self._fd, self._size)  # drop a partly written batch
+                else:  # the file was removed or replaced: continue the chain in a new file
+                    os.close(self._fd)
+                    self._fd = None
+                    self._number += 1
+                    self._exclusive = True
+            self._ensure_file()
+            write_head(self._dir, Head(self._seq, self._prev, file_name(self._number)),
+                       sync=self._sync)
+        except (OSError, AuditCorruptError) as exc:
+            self._set_failed(exc)
+            return False
+        self._dirty = False
+        self._set_healthy()
+        return True
+
+    # --- the chain ----------------------------------------------------------------------
+
+    def _path(self) -> Path:
+        return self._dir / file_name(self._number)
+
+    def _ensure_file(self) -> None:
+        if self._fd is not None:
+            return
+        flags = os.O_WRONLY | os.O_APPEND | os.O_CREAT | (os.O_EXCL if self._exclusive else 0)
+        fd = os.open(self._path(), flags, 0o640)
+        info = os.fstat(fd)
+        self._fd, self._ident, self._size = fd, _ident(info), info.st_size
+        self._exclusive = False
+
+    def _write_events(self, events: Sequence[Event]) -> None:
+        """Chain and write ``events`` in order, rotating by size; raises _WriteFailedError."""
+        written = 0
+        limit = self.config.max_file_bytes
+        try:
+            self._ensure_file()
+            if _ident(os.stat(self._path())) != self._ident:
+                raise OSError(errno.ESTALE, "audit file was removed or replaced")
+            while written < len(events):
+                lines: list[bytes] = []
+                size, seq, prev = self._size, self._seq, self._prev
+                for event in events[written:]:
+                    line, digest = format_record(event, seq=seq + 1, prev=prev)
+                    if size and size + len(line) > limit:
+                        break
+                    lines.append(line)
+                    size, seq, prev = size + len(line), seq + 1, digest
+                if lines:
+                    self._commit(lines, seq, prev)
+                    written += len(lines)
+                if written < len(events):
+                    self._rotate()
+        except OSError as exc:
+            raise _WriteFailedError(written, exc) from exc
+
+    def _internal(self, kind: str, severity: str, details: dict[str, Any]) -> tuple[bytes, str]:
+        return format_fields(
+            time=self._clock(), event_id=new_event_id(), type=kind, severity=severity,
+            actor="pdp", peer="", outcome="success", details=details,
+            seq=self._seq + 1, prev=self._prev,
+        )
+
+    def _rotate(self) -> None:
+        name = file_name(self._number)
+        line, digest = self._internal(
+            SEAL, "info", {"file": name, "next_file": file_name(self._number + 1)}
+        )
+        self._commit([line], self._seq + 1, digest)
+        assert self._fd is not None
+        os.close(self._fd)
+        self._fd = None
+        self._number += 1
+        self._exclusive = True
+        self._ensure_file()
+
+    def _commit(self, lines: list[bytes], seq: int, digest: str) -> None:
+        """Append ``lines`` and update audit.head; on OSError undo what it can and raise."""
+        assert self._fd is not None
+        fd = self._fd
+        offset = self._size
+        try:
+            if self.config.fsync == "always":
+                for line in lines:
+                    _write_all(fd, line)
+                    os.fsync(fd)
+            else:
+                _write_all(fd, b"".join(lines))
+                if self._sync:
+                    os.fsync(fd)
+            size = offset + sum(len(line) for line in lines)
+            write_head(self._dir, Head(seq, digest, file_name(self._number)), sync=self._sync)
+        except OSError:
+            with contextlib.suppress(OSError):  # _repair truncates again before the next write
+                os.ftruncate(fd, offset)
+            raise
+        self._size, self._seq, self._prev = size, seq, digest
+
+    def _resume(self) -> None:
+        """Pick up the chain from the last intact record on disk (under _wlock)."""
+        try:
+            head = read_head(self._dir)
+        except ValueError as exc:
+            raise AuditCorruptError(f"{self._dir / 'audit.head'}: {exc}") from None
+        files = list_files(self._dir)
+        torn: tuple[Path, int] | None = None
+        last: dict[str, Any] | None = None
+        last_at = ""
+        number = files[-1][0] if files else 1
+        for index, (_, path) in enumerate(reversed(files)):
+            raw_last, line_no, torn_bytes = _tail(path)
+            if index == 0 and torn_bytes:
+                torn = (path, torn_bytes)
+            if raw_last is not None:
+                last_at = f"{path}:{line_no}"
+                try:
+                    last = parse_record(raw_last)
+                except ValueError as exc:
+                    raise AuditCorruptError(f"{last_at}: tail record unreadable: {exc}") from None
+                if record_hash(last) != last["hash"]:
+                    raise AuditCorruptError(f"{last_at}: tail record hash mismatch")
+                break
+        self._seq = last["seq"] if last else 0
+        self._prev = last["hash"] if last else GENESIS
+        if head is not None and (
+            head.seq > self._seq or (head.seq == self._seq and head.hash != self._prev)
+        ):
+            raise AuditCorruptError(
+                f"audit.head names seq {head.seq} in {head.file} but the trail ends at seq "
+                f"{self._seq}: records were removed; run `pdp audit verify`"
+            )
+        self._number = number
+        self._exclusive = False
+        if torn is not None or (last is not None and last["type"] == SEAL and files and
+                                last_at.startswith(str(files[-1][1]) + ":")):
+            self._number, self._exclusive = number + 1, True
+        self._fd = None
+        self._ensure_file()
+        self._ready = True
+        if torn is not None:
+            path, size = torn
+            _log.error("audit file %s ends with a torn record (%d bytes); sealed as-is",
+                       path.name, size)
+            line, digest = self._internal(RECOVERED, "warning", {
+                "file": path.name, "torn_bytes": size, "last_seq": self._seq,
+                "last_hash": self._prev, "reason": "partial record at end of file (crash)",
+            })
+            self._commit([line], self._seq + 1, digest)
+        else:
+            write_head(self._dir, Head(self._seq, self._prev, file_name(self._number)),
+                       sync=self._sync)
+
+
+def _ident(info: os.stat_result) -> tuple[int, int]:
+    return info.st_dev, info.st_ino
+
+
+def _write_all(fd: int, data: bytes) -> None:
+    view = memoryview(data)
+    while view:
+        view = view[os.write(fd, view):]
+
+
+def _tail(path: Path) -> tuple[bytes | None, int, int]:
+    """The last complete line of ``path``, its line number, and the torn tail's size."""
+    last: bytes | None = None
+    last_no = 0
+    torn = 0
+    for number, raw, complete in iter_lines(path):
+        if complete:
+            last, last_no = raw, number
+        else:
+            torn = len(raw)
+    return last, last_no, torn
+
+
+class NullAuditLog:
+    """The audit trail when ``enabled = false``: accepts everything, keeps nothing."""
+
+    healthy = True
+    last_error = ""
+    sampled_out = 0
+    lost = 0
+    queue_depth = 0
+
+    def emit(self, event: Event) -> None:
+        """Discard ``event``."""
+
+    def start(self) -> None:
+        """Nothing to start."""
+
+    def probe(self) -> bool:
+        """Always healthy."""
+        return True
+
+    def close(self, timeout: float = 10.0) -> None:
+        """Nothing to close."""
+
+
+def create_audit_log(config: AuditConfig, *, clock: Clock) -> AuditLog | NullAuditLog:
+    """An AuditLog, or a NullAuditLog when ``config.enabled`` is false (not started)."""
+    return AuditLog(config, clock=clock) if config.enabled else NullAuditLog()

@@ -1,0 +1,197 @@
+"""The audit record format: canonical JSON lines chained by sha256, file names, audit.head.
+
+Shared by the writer (:mod:`pdp.audit.log`) and the verifier (:mod:`pdp.audit.verify`).
+"""
+
+from __future__ import annotations
+
+import datetime as _dt
+import hashlib
+import json
+import os
+import re
+from collections.abc import Iterator, Mapping
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any
+
+from pdp.events import Event
+
+__all__ = [
+    "GENESIS",
+    "HEAD_NAME",
+    "RECOVERED",
+    "SEAL",
+    "Head",
+    "canonical",
+    "file_name",
+    "format_fields",
+    "format_record",
+    "iter_lines",
+    "list_files",
+    "read_head",
+    "record_hash",
+    "redact",
+    "rfc3339",
+    "write_head",
+]
+
+GENESIS = "0" * 64  # ``prev`` of the very first record
+HEAD_NAME = "audit.head"
+SEAL = "chain.seal"  # last record of a rotated file
+RECOVERED = "chain.recovered"  # first record of the file started after a torn tail
+_FILE_RE = re.compile(r"^audit-(\d{6,})\.jsonl$")
+# Defence in depth: a token or a key must never reach the trail, whoever forgot to strip it.
+_JWT_RE = re.compile(r"eyJ[A-Za-z0-9_-]{4,}\.[A-Za-z0-9_-]{4,}\.[A-Za-z0-9_-]*")
+_PEM_RE = re.compile(r"-----BEGIN [A-Z0-9 ]+-----")
+REDACTED = "[redacted]"
+
+
+def file_name(number: int) -> str:
+    """The name of audit file ``number`` (1-based), e.g. ``audit-000001.jsonl``."""
+    return f"audit-{number:06d}.jsonl"
+
+
+def list_files(directory: Path) -> list[tuple[int, Path]]:
+    """The audit files in ``directory`` as (number, path), in chain order."""
+    found = []
+    for entry in os.scandir(directory):
+        match = _FILE_RE.match(entry.name)
+        if match:
+            found.append((int(match.group(1)), Path(entry.path)))
+    return sorted(found)
+
+
+def rfc3339(seconds: float) -> str:
+    """``seconds`` since the epoch as RFC 3339 UTC with microseconds."""
+    moment = _dt.datetime.fromtimestamp(seconds, _dt.UTC)
+    return moment.strftime("%Y-%m-%dT%H:%M:%S.%fZ")
+
+
+def redact(value: Any) -> Any:
+    """``value`` with any string that looks like a JWT or a PEM block replaced."""
+    if isinstance(value, str):
+        if _JWT_RE.search(value) or _PEM_RE.search(value):
+            return REDACTED
+        return value
+    if isinstance(value, Mapping):
+        return {str(k): redact(v) for k, v in value.items()}
+    if isinstance(value, list | tuple | set | frozenset):
+        return [redact(v) for v in value]
+    if value is None or isinstance(value, bool | int | float):
+        return value
+    return redact(str(value))
+
+
+def canonical(record: Mapping[str, Any]) -> bytes:
+    """The canonical JSON of ``record``: sorted keys, no spaces, ASCII."""
+    return json.dumps(record, sort_keys=True, separators=(",", ":"), ensure_ascii=True).encode()
+
+
+def record_hash(record: Mapping[str, Any]) -> str:
+    """sha256 (hex) over the canonical JSON of ``record`` without its ``hash`` field."""
+    body = {k: v for k, v in record.items() if k != "hash"}
+    return hashlib.sha256(canonical(body)).hexdigest()
+
+
+def format_record(event: Event, *, seq: int, prev: str) -> tuple[bytes, str]:
+    """The JSON line (with newline) of ``event`` at ``seq`` after ``prev``, and its hash."""
+    return format_fields(
+        time=event.time,
+        event_id=event.event_id,
+        type=str(event.type),
+        severity=str(event.severity),
+        actor=event.actor,
+        peer=event.peer,
+        outcome=event.outcome,
+        details=event.details,
+        seq=seq,
+        prev=prev,
+    )
+
+
+def format_fields(
+    *,
+    time: float,
+    event_id: str,
+    type: str,
+    severity: str,
+    actor: str,
+    peer: str,
+    outcome: str,
+    details: Mapping[str, Any],
+    seq: int,
+    prev: str,
+) -> tuple[bytes, str]:
+    """The JSON line (with newline) of one record and its hash; strings that look like
+    a JWT or a PEM block are redacted first."""
+    record: dict[str, Any] = {
+        "time": rfc3339(time),
+        "event_id": event_id,
+        "type": type,
+        "severity": severity,
+        "actor": redact(actor),
+        "peer": redact(peer),
+        "outcome": redact(outcome),
+        "details": redact(details),
+        "seq": seq,
+        "prev": prev,
+    }
+    body = canonical(record)
+    digest = hashlib.sha256(body).hexdigest()
+    # Same fields as canonical(record | {"hash": digest}); readers do not depend on key order.
+    line = body[:-1] + b',"hash":"' + digest.encode() + b'"}\n'
+    return line, digest
+
+
+@dataclass(frozen=True, slots=True)
+class Head:
+    """The last record written, as kept in ``audit.head``."""
+
+    seq: int
+    hash: str
+    file: str
+
+
+def read_head(directory: Path) -> Head | None:
+    """``audit.head`` of ``directory``, or None when absent; raises ValueError when unreadable."""
+    path = directory / HEAD_NAME
+    try:
+        raw = path.read_bytes()
+    except FileNotFoundError:
+        return None
+    data = json.loads(raw)
+    if not isinstance(data, dict):
+        raise ValueError("audit.head is not a JSON object")
+    seq, digest, name = data.get("seq"), data.get("hash"), data.get("file")
+    if not isinstance(seq, int) or not isinstance(digest, str) or not isinstance(name, str):
+        raise ValueError("audit.head lacks seq, hash or file")
+    return Head(seq, digest, name)
+
+
+def write_head(directory: Path, head: Head, *, sync: bool) -> None:
+    """Atomically replace ``audit.head`` (temp file, fsync, rename); raises OSError."""
+    tmp = directory / (HEAD_NAME + ".tmp")
+    data = canonical({"seq": head.seq, "hash": head.hash, "file": head.file})
+    fd = os.open(tmp, os.O_WRONLY | os.O_CREAT | os.O_TRUNC, 0o640)
+    try:
+        os.write(fd, data + b"\n")
+        if sync:
+            os.fsync(fd)
+    finally:
+        os.close(fd)
+    os.replace(tmp, directory / HEAD_NAME)
+    if sync:
+        dir_fd = os.open(directory, os.O_RDONLY)
+        try:
+            os.fsync(dir_fd)
+        finally:
+            os.close(dir_fd)
+
+
+def iter_lines(path: Path) -> Iterator[tuple[int, bytes, bool]]:
+    """(1-based line number, bytes, complete) of each line of ``path``; the last may be torn."""
+    with path.open("rb") as fh:
+        for number, raw in enumerate(fh, start=1):
+            complete = raw.endswith(b"\n")
+            yield number, raw[:-1] if complete else raw, complete

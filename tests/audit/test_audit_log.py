@@ -1,0 +1,332 @@
+"""AuditLog: record format, chain, rotation, resume, crash recovery, sampling, queue bounds."""
+
+from __future__ import annotations
+
+import json
+import re
+import threading
+from collections.abc import Callable
+from pathlib import Path
+from typing import Any
+
+import pytest
+from audit_helpers import admin, decision, wait_until
+
+from pdp.audit import AuditConfig, AuditCorruptError, AuditLog, NullAuditLog, create_audit_log
+from pdp.audit import verify as verify_dir
+from pdp.audit.records import GENESIS, canonical, record_hash
+from pdp.clock import FakeClock
+from pdp.configuration import build_section
+from pdp.errors import AuditUnavailableError, ConfigError
+from pdp.events import EventType
+
+JWT = (
+    "eyJhbGciOiJFZERTQSIsInR5cCI6IkpXVCJ9."
+    "eyJzdWIiOiJzcGlmZmU6Ly9leGFtcGxlLm9yZy9zdmMifQ."
+    "c2lnbmF0dXJlc2lnbmF0dXJlc2lnbmF0dXJl"
+)
+PEM = "-----BEGIN PRIVATE KEY-----\nMC4CAQAwBQYDK2VwBCIEIOq\n-----END PRIVATE KEY-----\n"
+_JWT_LIKE = re.compile(r"eyJ[A-Za-z0-9_-]+\.[A-Za-z0-9_-]+\.")
+
+
+def records(directory: Path) -> list[dict[str, Any]]:
+    out = []
+    for path in sorted(directory.glob("audit-*.jsonl")):
+        out.extend(json.loads(line) for line in path.read_text().splitlines())
+    return out
+
+
+def test_records_are_chained_json_lines_with_the_documented_fields(
+    make_log: Callable[..., AuditLog], tmp_path: Path
+) -> None:
+    log = make_log()
+    first = decision("allow")
+    log.emit(first)
+    log.emit(admin())
+    log.close()
+    recs = records(tmp_path / "audit")
+    assert [r["type"] for r in recs] == ["decision", "admin.bundle.push"]
+    rec = recs[0]
+    assert set(rec) == {
+        "time", "event_id", "type", "severity", "actor", "peer", "outcome", "details",
+        "seq", "prev", "hash",
+    }
+    assert rec["time"] == "2027-01-15T08:00:00.000000Z"
+    assert rec["event_id"] == first.event_id
+    assert rec["details"]["decision_id"] == first.details["decision_id"]
+    assert (rec["seq"], rec["prev"]) == (1, GENESIS)
+    assert rec["hash"] == record_hash(rec)
+    body = {k: v for k, v in rec.items() if k != "hash"}
+    assert rec["hash"] == __import__("hashlib").sha256(canonical(body)).hexdigest()
+    assert (recs[1]["seq"], recs[1]["prev"]) == (2, rec["hash"])
+    assert verify_dir(tmp_path / "audit").records == 2
+
+
+def test_token_or_key_leaked_into_event_is_redacted(
+    make_log: Callable[..., AuditLog], tmp_path: Path
+) -> None:
+    log = make_log()
+    log.emit(decision("deny", reason=f"bad token {JWT}", jti="j-123"))
+    log.emit(admin(EventType.KEY_ROTATE, key=PEM, kid="k2", nested={"t": [JWT]}))
+    log.emit(admin(EventType.AUTH_FAILURE_TOKEN, token=JWT))
+    log.close()
+    text = "".join(p.read_text() for p in (tmp_path / "audit").glob("audit-*.jsonl"))
+    assert not _JWT_LIKE.search(text)
+    assert "BEGIN" not in text and "PRIVATE KEY" not in text
+    recs = records(tmp_path / "audit")
+    assert recs[0]["details"]["jti"] == "j-123"  # tokens appear only as their jti
+    assert recs[1]["details"]["kid"] == "k2"
+    verify_dir(tmp_path / "audit")
+
+
+def test_sync_event_is_on_disk_before_emit_returns(
+    make_log: Callable[..., AuditLog], tmp_path: Path
+) -> None:
+    log = make_log(flush_interval=60.0, batch_max=10_000)
+    queued = decision("deny")
+    log.emit(queued)
+    log.emit(admin(EventType.BUNDLE_ACTIVATE))
+    # The admin event is durable now, and the decision queued before it precedes it.
+    assert [r["type"] for r in records(tmp_path / "audit")] == ["decision", "admin.bundle.activate"]
+    assert log.queue_depth == 0
+
+
+def test_rotation_continues_the_chain_and_seals_each_file(
+    make_log: Callable[..., AuditLog], tmp_path: Path
+) -> None:
+    log = make_log(max_file_bytes=4096, batch_max=7)
+    for i in range(60):
+        log.emit(decision("deny" if i % 3 else "allow"))
+    log.close()
+    directory = tmp_path / "audit"
+    files = sorted(directory.glob("audit-*.jsonl"))
+    assert len(files) >= 4
+    previous_last: dict[str, Any] | None = None
+    for path in files:
+        lines = [json.loads(x) for x in path.read_text().splitlines()]
+        assert path.stat().st_size <= 4096 + 400  # a seal may overshoot by itself only
+        if previous_last is not None:
+            assert previous_last["type"] == "chain.seal"
+            assert previous_last["details"]["next_file"] == path.name
+            assert lines[0]["prev"] == previous_last["hash"]
+        previous_last = lines[-1]
+    report = verify_dir(directory)
+    assert report.files == len(files)
+    assert report.records == 60 + len(files) - 1
+    assert [r["seq"] for r in records(directory)] == list(range(1, report.records + 1))
+
+
+def test_resume_after_restart_continues_the_chain(tmp_path: Path, clock: FakeClock) -> None:
+    config = AuditConfig(dir=tmp_path / "audit", flush_interval=0.01)
+    for run in range(3):
+        log = AuditLog(config, clock=clock)
+        log.start()
+        assert log.healthy
+        log.emit(admin(EventType.SERVICE_START))
+        log.emit(decision("allow"))
+        log.close()
+        report = verify_dir(tmp_path / "audit")
+        assert report.records == 2 * (run + 1)
+    assert len(list((tmp_path / "audit").glob("audit-*.jsonl"))) == 1
+
+
+def test_torn_final_line_is_sealed_and_recovered_in_a_new_file(
+    tmp_path: Path, clock: FakeClock
+) -> None:
+    directory = tmp_path / "audit"
+    config = AuditConfig(dir=directory, flush_interval=0.01)
+    log = AuditLog(config, clock=clock)
+    log.start()
+    for _ in range(3):
+        log.emit(admin())
+    log.close()
+    first = directory / "audit-000001.jsonl"
+    torn = b'{"actor":"spiffe://example.org/admin","details":{"ver'
+    with first.open("ab") as fh:  # what a crash in the middle of a write leaves
+        fh.write(torn)
+    with pytest.raises(Exception, match="partial record"):
+        verify_dir(directory)
+    log = AuditLog(config, clock=clock)
+    log.start()
+    assert log.healthy
+    log.emit(admin())
+    log.close()
+    assert first.read_bytes().endswith(torn)  # sealed as-is, never written again
+    recovered = json.loads((directory / "audit-000002.jsonl").read_text().splitlines()[0])
+    assert recovered["type"] == "chain.recovered"
+    assert recovered["details"]["file"] == "audit-000001.jsonl"
+    assert recovered["details"]["torn_bytes"] == len(torn)
+    assert recovered["details"]["last_seq"] == 3
+    report = verify_dir(directory)
+    assert report.records == 5
+    assert len(report.recoveries) == 1
+
+
+def test_changed_tail_record_refuses_to_start(tmp_path: Path, clock: FakeClock) -> None:
+    directory = tmp_path / "audit"
+    config = AuditConfig(dir=directory)
+    log = AuditLog(config, clock=clock)
+    log.start()
+    log.emit(admin())
+    log.close()
+    path = directory / "audit-000001.jsonl"
+    path.write_text(path.read_text().replace("3:ab12", "3:ab13"))
+    with pytest.raises(AuditCorruptError, match="hash mismatch"):
+        AuditLog(config, clock=clock).start()
+
+
+def test_records_cut_from_the_end_refuse_to_start(tmp_path: Path, clock: FakeClock) -> None:
+    directory = tmp_path / "audit"
+    config = AuditConfig(dir=directory)
+    log = AuditLog(config, clock=clock)
+    log.start()
+    for _ in range(4):
+        log.emit(admin())
+    log.close()
+    path = directory / "audit-000001.jsonl"
+    path.write_text("".join(path.read_text().splitlines(keepends=True)[:2]))
+    with pytest.raises(AuditCorruptError, match="records were removed"):
+        AuditLog(config, clock=clock).start()
+
+
+def test_sampling_keeps_every_deny_and_is_deterministic(
+    make_log: Callable[..., AuditLog], tmp_path: Path
+) -> None:
+    log = make_log(sample_allow=0.25)
+    allows = [decision("allow") for _ in range(400)]
+    denies = [decision("deny") for _ in range(100)]
+    for event in allows + denies:
+        log.emit(event)
+    log.close()
+    kept = records(tmp_path / "audit")
+    kept_denies = [r for r in kept if r["outcome"] == "deny"]
+    kept_allows = [r for r in kept if r["outcome"] == "allow"]
+    assert len(kept_denies) == 100
+    assert 50 < len(kept_allows) < 150
+    assert log.sampled_out == 400 - len(kept_allows)
+    # Deterministic by decision id: a second log keeps exactly the same allows.
+    other = make_log(dir=tmp_path / "other", sample_allow=0.25)
+    for event in allows:
+        other.emit(event)
+    other.close()
+    again = {r["event_id"] for r in records(tmp_path / "other")}
+    assert again == {r["event_id"] for r in kept_allows}
+
+
+def test_sample_allow_zero_still_keeps_denies(make_log: Callable[..., AuditLog]) -> None:
+    log = make_log(sample_allow=0.0)
+    log.emit(decision("allow"))
+    log.emit(decision("deny"))
+    log.close()
+    assert log.sampled_out == 1
+    assert verify_dir(log.config.dir).records == 1
+
+
+def test_full_queue_refuses_decisions_and_close_loses_none(
+    make_log: Callable[..., AuditLog], tmp_path: Path
+) -> None:
+    log = make_log(queue_size=50, batch_max=10_000, flush_interval=60.0)
+    accepted = []
+    for _ in range(50):
+        event = decision("deny")
+        log.emit(event)
+        accepted.append(event.event_id)
+    assert log.queue_depth == 50
+    with pytest.raises(AuditUnavailableError, match="queue full"):
+        log.emit(decision("deny"))
+    log.close(timeout=10.0)
+    assert [r["event_id"] for r in records(tmp_path / "audit")] == accepted
+    assert log.lost == 0
+    with pytest.raises(AuditUnavailableError):
+        log.emit(decision("deny"))
+
+
+def test_concurrent_emitters_keep_the_chain_linear(
+    make_log: Callable[..., AuditLog], tmp_path: Path
+) -> None:
+    log = make_log(max_file_bytes=64 * 1024, batch_max=64)
+    ids: list[str] = []
+    lock = threading.Lock()
+
+    def decisions() -> None:
+        for _ in range(300):
+            event = decision("deny")
+            log.emit(event)
+            with lock:
+                ids.append(event.event_id)
+
+    def admins() -> None:
+        for _ in range(40):
+            event = admin()
+            log.emit(event)
+            with lock:
+                ids.append(event.event_id)
+
+    threads = [threading.Thread(target=decisions) for _ in range(3)]
+    threads.append(threading.Thread(target=admins))
+    for t in threads:
+        t.start()
+    for t in threads:
+        t.join()
+    log.close()
+    report = verify_dir(tmp_path / "audit")
+    written = [r["event_id"] for r in records(tmp_path / "audit") if r["type"] != "chain.seal"]
+    assert sorted(written) == sorted(ids)
+    assert report.records == len(ids) + report.files - 1
+
+
+def test_fsync_always_and_never_write_verifiable_trails(
+    make_log: Callable[..., AuditLog], tmp_path: Path
+) -> None:
+    for policy in ("always", "never"):
+        log = make_log(dir=tmp_path / policy, fsync=policy)
+        for _ in range(5):
+            log.emit(decision("deny"))
+        log.emit(admin())
+        log.close()
+        assert verify_dir(tmp_path / policy).records == 6
+
+
+def test_null_audit_log_and_factory(tmp_path: Path) -> None:
+    null = create_audit_log(AuditConfig(dir=tmp_path / "x", enabled=False), clock=FakeClock())
+    assert isinstance(null, NullAuditLog)
+    null.start()
+    null.emit(decision("deny"))
+    assert null.healthy and null.probe() and null.queue_depth == 0
+    null.close()
+    assert not (tmp_path / "x").exists()
+    real = create_audit_log(AuditConfig(dir=tmp_path / "y"), clock=FakeClock())
+    assert isinstance(real, AuditLog)
+    assert not real.healthy  # not started yet: decisions are refused
+    with pytest.raises(AuditUnavailableError):
+        real.emit(decision("allow"))
+
+
+def test_config_section_from_toml_table(tmp_path: Path) -> None:
+    config = build_section(
+        AuditConfig, {"dir": str(tmp_path), "fsync": "always", "sample_allow": 0.5},
+        where="[audit]",
+    )
+    assert config.dir == tmp_path and config.fsync == "always" and config.sample_allow == 0.5
+    with pytest.raises(ConfigError, match=r"\[audit\].fsync"):
+        build_section(AuditConfig, {"fsync": "sometimes"}, where="[audit]")
+    with pytest.raises(ConfigError, match="sample_allow"):
+        build_section(AuditConfig, {"sample_allow": 1.5}, where="[audit]")
+    with pytest.raises(ConfigError, match="queue_size"):
+        build_section(AuditConfig, {"queue_size": 0}, where="[audit]")
+
+
+def test_writer_probes_without_traffic(make_log: Callable[..., AuditLog]) -> None:
+    log = make_log()
+    assert log.healthy and log.probe()
+    wait_until(lambda: log.queue_depth == 0)
+
+
+def test_exported_names_are_exactly_the_intended_ones() -> None:
+    import pdp.audit
+
+    assert sorted(pdp.audit.__all__) == [
+        "AuditConfig", "AuditCorruptError", "AuditLog", "NullAuditLog", "VerifyReport",
+        "create_audit_log", "verify",
+    ]
+    assert all(hasattr(pdp.audit, name) for name in pdp.audit.__all__)
