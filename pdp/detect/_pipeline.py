@@ -1,0 +1,277 @@
+"""The detection pipeline: a bounded queue off the Authorize hot path, a worker running the
+detectors, incidents deduplicated with a cooldown, alerts fanned out to sinks, quarantine.
+"""
+
+from __future__ import annotations
+
+import logging
+import queue
+import threading
+import uuid
+from collections import OrderedDict
+from collections.abc import Callable, Sequence
+from dataclasses import dataclass, field, replace
+from typing import Any
+
+from pdp.clock import Clock
+from pdp.detect._alerts import Alert, AlertSink
+from pdp.detect._config import DetectionConfig
+from pdp.detect._detectors import RELEVANT_TYPES, Detector, Hit, build_detectors
+from pdp.events import Event
+
+__all__ = ["DetectionPipeline", "DetectionStats", "QuarantineFn"]
+
+log = logging.getLogger("pdp.detect")
+
+# quarantine(subject, ttl_seconds, reason): the server persists it and updates the engine.
+QuarantineFn = Callable[[str, float, str], None]
+
+_STOP = object()
+
+
+@dataclass(frozen=True, slots=True)
+class DetectionStats:
+    """Counters of the pipeline (exported as metrics by the server)."""
+
+    queued: int  # events waiting now
+    dropped: int  # events dropped: queue full, or emitted after close
+    processed: int  # events run through the detectors
+    alerts: int  # alerts raised (new incidents)
+    open_incidents: int  # incidents within their cooldown now
+    quarantines: int  # successful quarantine calls
+    quarantine_errors: int  # quarantine calls that raised
+    sink_errors: int  # sink sends that raised
+    detector_errors: int  # detector calls that raised (the event is skipped by that detector)
+    tracked_keys: int  # keys held in all detector windows (bounded)
+
+
+@dataclass(slots=True)
+class _Incident:
+    alert: Alert
+    raised_at: float
+    count: int
+    last_seen: float
+    extra: dict[str, Any] = field(default_factory=dict)
+
+
+class DetectionPipeline:
+    """Runs the detectors of ``config`` over emitted events on a worker thread.
+
+    One alert per incident: an incident is keyed by (detector, key) and stays open for
+    ``config.cooldown`` seconds after it was raised. While open, further hits only raise its
+    count and last_seen, visible in :meth:`alerts`; sinks receive the alert once, when it is
+    raised, never updates. When the cooldown has passed and the condition holds again, a new
+    alert (new id) is raised and a quarantining detector quarantines again.
+
+    Sinks are exactly those in ``sinks`` (the caller builds the file and webhook sinks from
+    ``config.alert_file`` and ``config.webhook``); the pipeline closes them in :meth:`close`.
+    """
+
+    def __init__(
+        self,
+        config: DetectionConfig,
+        *,
+        clock: Clock,
+        quarantine: QuarantineFn | None,
+        sinks: Sequence[AlertSink],
+    ) -> None:
+        """Build the enabled detectors with fresh state; nothing runs until :meth:`start`."""
+        self._config = config
+        self._clock = clock
+        self._quarantine = quarantine
+        self._sinks: list[AlertSink] = list(sinks)
+        self._detectors: list[Detector] = build_detectors(config) if config.enabled else []
+        self._queue: queue.Queue[object] = queue.Queue(maxsize=config.queue_size)
+        self._incidents: OrderedDict[tuple[str, str], _Incident] = OrderedDict()
+        self._lock = threading.Lock()  # guards the incidents and the counters
+        self._closed = False
+        self._thread: threading.Thread | None = None
+        self._dropped = self._processed = self._alerts = 0
+        self._quarantines = self._quarantine_errors = 0
+        self._sink_errors = self._detector_errors = 0
+
+    # --- the hot path ------------------------------------------------------------------
+
+    def emit(self, event: Event) -> None:
+        """Queue ``event`` for the detectors; never blocks and never raises.
+
+        Irrelevant event types are ignored; a full queue (or a closed pipeline) drops the
+        event and counts it.
+        """
+        try:
+            if not self._detectors or event.type not in RELEVANT_TYPES:
+                return
+            if self._closed:
+                raise queue.Full
+            self._queue.put_nowait(event)
+        except queue.Full:
+            with self._lock:
+                self._dropped += 1
+        except Exception:  # pragma: no cover - the caller is Authorize: never break it
+            log.exception("detection emit failed")
+
+    # --- lifecycle -----------------------------------------------------------------------
+
+    def start(self) -> None:
+        """Start the worker thread (idempotent; does nothing when detection is disabled)."""
+        if self._thread is not None or not self._detectors or self._closed:
+            return
+        self._thread = threading.Thread(target=self._run, name="pdp-detect", daemon=True)
+        self._thread.start()
+
+    def flush(self, timeout: float = 5.0) -> bool:
+        """Wait until every event queued before this call is processed; False on timeout."""
+        if self._thread is None or not self._thread.is_alive():
+            return self._queue.empty()
+        done = threading.Event()
+        try:
+            self._queue.put(done, timeout=timeout)
+        except queue.Full:
+            return False
+        return done.wait(timeout)
+
+    def close(self, timeout: float = 5.0) -> None:
+        """Process what is queued (up to ``timeout``), stop the worker, close every sink."""
+        with self._lock:
+            if self._closed:
+                return
+            self._closed = True
+        if self._thread is not None:
+            try:
+                self._queue.put(_STOP, timeout=timeout)
+            except queue.Full:
+                log.warning("detection queue still full at close; pending events dropped")
+            self._thread.join(timeout)
+        for sink in self._sinks:
+            try:
+                sink.close()
+            except Exception:
+                log.exception("alert sink %s failed to close", type(sink).__name__)
+
+    # --- reading -------------------------------------------------------------------------
+
+    def alerts(self) -> list[Alert]:
+        """The open incidents (within their cooldown) with their current counts, oldest first."""
+        now = self._clock()
+        with self._lock:
+            self._expire(now)
+            return [
+                replace(i.alert, count=i.count, last_seen=i.last_seen)
+                for i in self._incidents.values()
+            ]
+
+    def stats(self) -> DetectionStats:
+        """A snapshot of the pipeline's counters."""
+        with self._lock:
+            self._expire(self._clock())
+            return DetectionStats(
+                queued=self._queue.qsize(),
+                dropped=self._dropped,
+                processed=self._processed,
+                alerts=self._alerts,
+                open_incidents=len(self._incidents),
+                quarantines=self._quarantines,
+                quarantine_errors=self._quarantine_errors,
+                sink_errors=self._sink_errors,
+                detector_errors=self._detector_errors,
+                tracked_keys=sum(d.tracked() for d in self._detectors),
+            )
+
+    # --- the worker ----------------------------------------------------------------------
+
+    def _run(self) -> None:
+        while True:
+            item = self._queue.get()
+            if item is _STOP:
+                return
+            if isinstance(item, threading.Event):
+                item.set()
+                continue
+            if isinstance(item, Event):
+                self._process(item)
+
+    def _process(self, event: Event) -> None:
+        for detector in self._detectors:
+            try:
+                for hit in detector.observe(event):
+                    self._handle(detector, hit, event.time)
+            except Exception:  # a bug in one detector must not stop the others or the worker
+                log.exception("detector %s failed", detector.name)
+                with self._lock:
+                    self._detector_errors += 1
+        with self._lock:
+            self._processed += 1
+
+    def _expire(self, now: float) -> None:
+        # Incidents are in raise order, so the expired ones are at the front.
+        cooldown = self._config.cooldown
+        while self._incidents:
+            first = next(iter(self._incidents.values()))
+            if first.raised_at + cooldown > now:
+                break
+            self._incidents.popitem(last=False)
+
+    def _handle(self, detector: Detector, hit: Hit, now: float) -> None:
+        ident = (detector.name, hit.key)
+        with self._lock:
+            self._expire(now)
+            incident = self._incidents.get(ident)
+            if incident is not None:
+                incident.count += 1
+                incident.last_seen = max(incident.last_seen, now)
+                return
+            if not hit.firing:
+                return
+            while len(self._incidents) >= self._config.max_keys:
+                self._incidents.popitem(last=False)  # bounded: forget the oldest incident
+            alert = Alert(
+                alert_id=uuid.uuid4().hex,
+                detector=detector.name,
+                severity=detector.severity,
+                key=hit.key,
+                count=hit.count,
+                first_seen=hit.first_seen,
+                last_seen=now,
+                details=dict(hit.details),
+            )
+            self._incidents[ident] = _Incident(
+                alert=alert, raised_at=now, count=hit.count, last_seen=now
+            )
+            self._alerts += 1
+        alert = self._act(detector, hit, alert)
+        with self._lock:
+            current = self._incidents.get(ident)
+            if current is not None and current.alert.alert_id == alert.alert_id:
+                current.alert = alert
+        for sink in self._sinks:
+            try:
+                sink.send(alert)
+            except Exception:
+                log.exception("alert sink %s failed", type(sink).__name__)
+                with self._lock:
+                    self._sink_errors += 1
+
+    def _act(self, detector: Detector, hit: Hit, alert: Alert) -> Alert:
+        """Quarantine the hit's subject if the detector acts; return the alert as sent."""
+        if not (detector.quarantine and hit.quarantine_subject and self._quarantine):
+            return alert
+        reason = (
+            f"detector {detector.name}: {hit.count} events in {detector.window:g}s "
+            f"(alert {alert.alert_id})"
+        )
+        try:
+            self._quarantine(hit.quarantine_subject, detector.quarantine_ttl, reason)
+        except Exception as exc:
+            log.exception("quarantine of %r failed", hit.quarantine_subject)
+            with self._lock:
+                self._quarantine_errors += 1
+            details = {**alert.details, "quarantine_error": type(exc).__name__}
+            return replace(alert, details=details)
+        with self._lock:
+            self._quarantines += 1
+        details = {
+            **alert.details,
+            "quarantine_ttl": detector.quarantine_ttl,
+            "quarantine_subject": hit.quarantine_subject,
+        }
+        return replace(alert, action="quarantined", details=details)
