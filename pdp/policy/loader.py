@@ -1,0 +1,409 @@
+"""Bundle loader and validator: YAML or JSON bytes in, a validated :class:`Bundle` out.
+
+Raises only :class:`pdp.errors.BundleError` (``BundleTooLargeError`` for limits), whatever it gets.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import ipaddress
+import json
+import os
+from collections.abc import Mapping
+from pathlib import Path
+from typing import Any, NoReturn
+
+import yaml
+
+from pdp.errors import BundleError, BundleTooLargeError
+from pdp.policy import conditions
+from pdp.policy.model import Bundle, Effect, Limits, ResourceMatch, Rule, SubjectMatch
+from pdp.policy.patterns import glob_error, pause_gc
+
+__all__ = ["load_bundle", "load_bundle_file"]
+
+_DEFAULT_LIMITS = Limits()
+_TIMESTAMP = "tag:yaml.org,2002:timestamp"
+
+
+class _Refused(Exception):
+    """A YAML construct the loader refuses (alias, anchor, merge key, duplicate key)."""
+
+    def __init__(self, message: str, line: int) -> None:
+        super().__init__(message)
+        self.message = message
+        self.line = line
+
+
+class _Loader(yaml.SafeLoader):
+    """Safe YAML without anchors, aliases, merge keys, duplicate keys or timestamps."""
+
+    # Dates stay strings: a bundle's values are JSON-like, and `revision: 2024-06-01` is text.
+    yaml_implicit_resolvers = {  # noqa: RUF012
+        first: [(tag, rx) for tag, rx in resolvers if tag != _TIMESTAMP]
+        for first, resolvers in yaml.SafeLoader.yaml_implicit_resolvers.items()
+    }
+
+    def __init__(self, stream: str) -> None:
+        super().__init__(stream)
+        self.lines: dict[int, int] = {}
+
+    def compose_node(self, parent: Any, index: Any) -> Any:
+        event = self.peek_event()  # type: ignore[no-untyped-call]
+        line = event.start_mark.line + 1
+        if isinstance(event, yaml.AliasEvent):
+            raise _Refused("YAML aliases are not allowed (they can expand without bound)", line)
+        if getattr(event, "anchor", None) is not None:
+            raise _Refused("YAML anchors are not allowed", line)
+        return super().compose_node(parent, index)
+
+    def construct_mapping(self, node: Any, deep: bool = False) -> Any:
+        if isinstance(node, yaml.MappingNode):
+            seen: set[Any] = set()
+            for key_node, _ in node.value:
+                if key_node.tag == "tag:yaml.org,2002:merge":
+                    line = key_node.start_mark.line + 1
+                    raise _Refused("YAML merge keys ('<<') are not allowed", line)
+                key = self.construct_object(key_node, deep=True)
+                if not isinstance(key, str):
+                    raise _Refused(
+                        f"keys must be strings, got {key!r}", key_node.start_mark.line + 1
+                    )
+                if key in seen:
+                    raise _Refused(f"duplicate key {key!r}", key_node.start_mark.line + 1)
+                seen.add(key)
+        return super().construct_mapping(node, deep)
+
+    def construct_object(self, node: Any, deep: bool = False) -> Any:
+        obj = super().construct_object(node, deep)
+        if isinstance(obj, dict | list):
+            self.lines[id(obj)] = node.start_mark.line + 1
+        return obj
+
+
+def _json_pairs(pairs: list[tuple[str, Any]]) -> dict[str, Any]:
+    out: dict[str, Any] = {}
+    for key, value in pairs:
+        if key in out:
+            raise ValueError(f"duplicate key {key!r}")
+        out[key] = value
+    return out
+
+
+def _json_constant(name: str) -> NoReturn:
+    raise ValueError(f"{name} is not a number a bundle may hold")
+
+
+def _parse(
+    data: bytes | bytearray | str, source: str, limits: Limits
+) -> tuple[Any, dict[int, int]]:
+    if isinstance(data, str):
+        size = len(data) if len(data) > limits.max_bytes else len(data.encode("utf-8", "replace"))
+    elif isinstance(data, bytes | bytearray):
+        size = len(data)
+    else:
+        raise BundleError(f"expected bytes or text, got {type(data).__name__}", source=source)
+    if size > limits.max_bytes:
+        raise BundleTooLargeError(
+            f"bundle is {size} bytes, more than the limit of {limits.max_bytes}", source=source
+        )
+    if isinstance(data, str):
+        text = data.removeprefix("\ufeff")
+    else:
+        try:
+            text = bytes(data).decode("utf-8-sig")
+        except UnicodeDecodeError as exc:
+            raise BundleError(
+                f"not UTF-8 text ({exc.reason} at byte {exc.start})", source=source
+            ) from None
+    json_error: BundleError | None = None
+    if text.lstrip()[:1] in ("{", "["):
+        try:
+            parsed = json.loads(text, object_pairs_hook=_json_pairs, parse_constant=_json_constant)
+            return parsed, {}
+        except json.JSONDecodeError as exc:  # maybe YAML flow style: try that, report this
+            json_error = BundleError(f"invalid JSON: {exc.msg}", source=source, line=exc.lineno)
+        except (ValueError, RecursionError) as exc:
+            raise BundleError(
+                f"invalid JSON: {exc or 'nested too deeply'}", source=source
+            ) from None
+    try:
+        return _parse_yaml(text, source)
+    except BundleError:
+        if json_error is not None:
+            raise json_error from None
+        raise
+
+
+def _parse_yaml(text: str, source: str) -> tuple[Any, dict[int, int]]:
+    loader: _Loader | None = None
+    try:
+        loader = _Loader(text)  # the reader already refuses some characters here
+        return loader.get_single_data(), loader.lines
+    except _Refused as exc:
+        raise BundleError(exc.message, source=source, line=exc.line) from None
+    except yaml.MarkedYAMLError as exc:
+        mark = exc.problem_mark or exc.context_mark
+        line = mark.line + 1 if mark is not None else None
+        raise BundleError(
+            f"invalid YAML: {exc.problem or exc.context}", source=source, line=line
+        ) from None
+    except RecursionError:
+        raise BundleError("invalid YAML: nested too deeply", source=source) from None
+    except Exception as exc:  # the YAML library's own odd corners (e.g. reader errors)
+        raise BundleError(f"invalid YAML: {type(exc).__name__}: {exc}", source=source) from None
+    finally:
+        if loader is not None:
+            loader.dispose()
+
+
+class _Validator:
+    """Walks the parsed document, raising BundleError at the first fault."""
+
+    def __init__(self, source: str, limits: Limits, lines: dict[int, int]) -> None:
+        self.source = source
+        self.limits = limits
+        self.lines = lines
+        self.segments: dict[str, tuple[str, ...]] = {}
+        self.roles: dict[str, tuple[str, ...]] = {}
+
+    def fail(
+        self, where: str, message: str, node: object = None, *, too_large: bool = False
+    ) -> NoReturn:
+        cls = BundleTooLargeError if too_large else BundleError
+        raise cls(message, source=self.source, location=where, line=self.lines.get(id(node)))
+
+    def mapping(
+        self, value: Any, where: str, allowed: tuple[str, ...], node: object
+    ) -> dict[str, Any]:
+        if not isinstance(value, dict):
+            self.fail(where, f"expected a mapping, got {_kind(value)}", node)
+        for key in value:
+            if key not in allowed:
+                self.fail(where, f'unknown key "{key}" (allowed: {", ".join(allowed)})', value)
+        return value
+
+    def string(self, value: Any, where: str, node: object, *, allow_int: bool = False) -> str:
+        if allow_int and isinstance(value, int) and not isinstance(value, bool):
+            return str(value)
+        if not isinstance(value, str) or value == "":
+            self.fail(where, f"expected a non-empty string, got {_kind(value)}", node)
+        return value
+
+    def strings(self, value: Any, where: str, node: object, *, globs: bool) -> tuple[str, ...]:
+        if isinstance(value, str):
+            value = [value]
+        if not isinstance(value, list) or not value:
+            self.fail(where, f"expected a non-empty list of strings, got {_kind(value)}", node)
+        out = []
+        for i, item in enumerate(value):
+            item = self.string(item, f"{where}[{i}]", value)
+            if globs and (problem := glob_error(item)) is not None:
+                self.fail(f"{where}[{i}]", problem, value)
+            out.append(item)
+        return tuple(out)
+
+    def bundle(self, doc: Any) -> Bundle:
+        doc = self.mapping(doc, "bundle", ("metadata", "segments", "roles", "rules"), doc)
+        if "metadata" not in doc or "rules" not in doc:
+            self.fail("bundle", 'missing key "metadata" or "rules"', doc)
+        meta = self.mapping(doc["metadata"], "metadata", ("name", "revision", "description"), doc)
+        name = self.string(meta.get("name"), "metadata.name", meta)
+        revision = self.string(meta.get("revision"), "metadata.revision", meta, allow_int=True)
+        self.segments = self.segment_table(doc.get("segments", {}))
+        self.roles = self.role_table(doc.get("roles", {}))
+        raw_rules = doc["rules"]
+        if not isinstance(raw_rules, list):
+            self.fail("rules", f"expected a list, got {_kind(raw_rules)}", doc)
+        if len(raw_rules) > self.limits.max_rules:
+            self.fail(
+                "rules",
+                f"{len(raw_rules)} rules, more than the limit of {self.limits.max_rules}",
+                raw_rules,
+                too_large=True,
+            )
+        seen: dict[str, int] = {}
+        rules = []
+        flags = conditions.Flags()
+        for i, raw in enumerate(raw_rules):
+            rule = self.rule(raw, i, raw_rules, flags)
+            if rule.id in seen:
+                self.fail(
+                    f'rules[{i}] (id "{rule.id}").id',
+                    f'duplicate rule id "{rule.id}" (first at rules[{seen[rule.id]}])',
+                    raw,
+                )
+            seen[rule.id] = i
+            rules.append(rule)
+        canonical = _canonical(name, revision, self.segments, self.roles, rules)
+        return Bundle(
+            name=name,
+            revision=revision,
+            segments=self.segments,
+            roles=self.roles,
+            rules=tuple(rules),
+            digest=hashlib.sha256(canonical).hexdigest(),
+            _canonical=canonical,
+            reads_clock=flags.clock,
+            reads_peer=flags.peer,
+        )
+
+    def segment_table(self, value: Any) -> dict[str, tuple[str, ...]]:
+        if not isinstance(value, dict):
+            self.fail("segments", f"expected a mapping, got {_kind(value)}", value)
+        out = {}
+        for name, cidrs in value.items():
+            where = f'segments["{name}"]'
+            nets = []
+            for i, text in enumerate(self.strings(cidrs, where, value, globs=False)):
+                try:
+                    nets.append(str(ipaddress.ip_network(text, strict=True)))
+                except ValueError as exc:
+                    self.fail(f"{where}[{i}]", f"bad CIDR {text!r}: {exc}", cidrs)
+            out[name] = tuple(nets)
+        return out
+
+    def role_table(self, value: Any) -> dict[str, tuple[str, ...]]:
+        if not isinstance(value, dict):
+            self.fail("roles", f"expected a mapping, got {_kind(value)}", value)
+        return {
+            name: self.strings(m, f'roles["{name}"]', value, globs=True)
+            for name, m in value.items()
+        }
+
+    def rule(self, raw: Any, i: int, parent: object, flags: conditions.Flags) -> Rule:
+        where = f"rules[{i}]"
+        if isinstance(raw, dict) and isinstance(raw.get("id"), str) and raw["id"]:
+            where = f'rules[{i}] (id "{raw["id"]}")'
+        keys = ("id", "effect", "description", "subjects", "actions", "resources", "when")
+        raw = self.mapping(raw, where, keys, parent)
+        rule_id = self.string(raw.get("id"), f"{where}.id", raw)
+        effect_text = raw.get("effect")
+        if effect_text not in ("allow", "deny"):
+            self.fail(f"{where}.effect", f'expected "allow" or "deny", got {effect_text!r}', raw)
+        description = raw.get("description", "")
+        if not isinstance(description, str):
+            self.fail(f"{where}.description", f"expected a string, got {_kind(description)}", raw)
+        if "actions" not in raw:
+            self.fail(where, 'missing key "actions" (use ["*"] for every action)', raw)
+        actions = self.strings(raw["actions"], f"{where}.actions", raw, globs=True)
+        subj = self.mapping(
+            raw.get("subjects", {}), f"{where}.subjects", ("type", "ids", "roles"), raw
+        )
+        roles: tuple[str, ...] = ()
+        if "roles" in subj:
+            roles = self.strings(subj["roles"], f"{where}.subjects.roles", subj, globs=False)
+            for j, role in enumerate(roles):
+                if role not in self.roles:
+                    self.fail(f"{where}.subjects.roles[{j}]", f'unknown role "{role}"', subj)
+        subjects = SubjectMatch(
+            type=self.glob(subj.get("type", "*"), f"{where}.subjects.type", subj),
+            ids=self.strings(subj["ids"], f"{where}.subjects.ids", subj, globs=True)
+            if "ids" in subj
+            else (),
+            roles=roles,
+        )
+        res = self.mapping(raw.get("resources", {}), f"{where}.resources", ("type", "ids"), raw)
+        resources = ResourceMatch(
+            type=self.glob(res.get("type", "*"), f"{where}.resources.type", res),
+            ids=self.strings(res["ids"], f"{where}.resources.ids", res, globs=True)
+            if "ids" in res
+            else (),
+        )
+        when = None
+        if "when" in raw:
+            checker = conditions.Checker(
+                where=f"{where}.when",
+                segments=self.segments,
+                max_depth=self.limits.max_depth,
+                flags=flags,
+                fail=self.fail,
+            )
+            when = checker.check(raw["when"], f"{where}.when", raw, 1)
+        return Rule(
+            id=rule_id,
+            effect=Effect.ALLOW if effect_text == "allow" else Effect.DENY,
+            actions=actions,
+            subjects=subjects,
+            resources=resources,
+            when=when,
+            description=description,
+        )
+
+    def glob(self, value: Any, where: str, node: object) -> str:
+        text = self.string(value, where, node)
+        if (problem := glob_error(text)) is not None:
+            self.fail(where, problem, node)
+        return text
+
+
+def _kind(value: Any) -> str:
+    if value is None:
+        return "nothing"
+    if isinstance(value, dict):
+        return "a mapping"
+    if isinstance(value, list):
+        return "a list"
+    if isinstance(value, str):
+        return repr(value)[:60]
+    return type(value).__name__
+
+
+def _canonical(
+    name: str,
+    revision: str,
+    segments: Mapping[str, tuple[str, ...]],
+    roles: Mapping[str, tuple[str, ...]],
+    rules: list[Rule],
+) -> bytes:
+    doc = {
+        "metadata": {"name": name, "revision": revision},
+        "segments": {k: list(v) for k, v in segments.items()},
+        "roles": {k: list(v) for k, v in roles.items()},
+        "rules": [
+            {
+                "id": r.id,
+                "effect": "allow" if r.effect is Effect.ALLOW else "deny",
+                "description": r.description,
+                "actions": list(r.actions),
+                "subjects": {
+                    "type": r.subjects.type,
+                    "ids": list(r.subjects.ids),
+                    "roles": list(r.subjects.roles),
+                },
+                "resources": {"type": r.resources.type, "ids": list(r.resources.ids)},
+                "when": conditions.canonical(r.when),
+            }
+            for r in rules
+        ],
+    }
+    return json.dumps(
+        doc, sort_keys=True, separators=(",", ":"), ensure_ascii=False, allow_nan=False
+    ).encode("utf-8")
+
+
+def load_bundle(
+    data: bytes | str, *, source: str = "<bundle>", limits: Limits = _DEFAULT_LIMITS
+) -> Bundle:
+    """Parse and validate a YAML or JSON bundle (detected by its first character).
+
+    Raises BundleTooLargeError past a limit and BundleError for anything else that is wrong,
+    naming ``source``, the rule (index and id) and the field.
+    """
+    try:
+        with pause_gc():
+            document, lines = _parse(data, source, limits)
+            return _Validator(source, limits, lines).bundle(document)
+    except RecursionError:
+        raise BundleError("bundle is nested too deeply", source=source) from None
+
+
+def load_bundle_file(path: str | os.PathLike[str], *, limits: Limits = _DEFAULT_LIMITS) -> Bundle:
+    """Read and load the bundle at ``path``; raises BundleError (also when it cannot be read)."""
+    source = os.fspath(path)
+    try:
+        with Path(source).open("rb") as fh:
+            data = fh.read(limits.max_bytes + 1)
+    except OSError as exc:
+        raise BundleError(f"cannot read bundle: {exc.strerror or exc}", source=source) from None
+    return load_bundle(data, source=source, limits=limits)
