@@ -11,5 +11,7 @@ import os as _os
 # so a TLS 1.2 handshake fails with NO_SHARED_CIPHER. The server proves it at start-up
 # with a real TLS 1.2 probe and refuses to serve if the probe is accepted.
 _os.environ["GRPC_SSL_CIPHER_SUITES"] = "ECDHE-PSK-CHACHA20-POLY1305"
+# gRPC logs every refused handshake (the start-up probe's included) at INFO; keep errors only.
+_os.environ.setdefault("GRPC_VERBOSITY", "ERROR")
 
 __version__ = "0.1.0"

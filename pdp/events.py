@@ -25,11 +25,11 @@ class Severity(enum.StrEnum):
 class EventType(enum.StrEnum):
     DECISION = "decision"
     AUTH_FAILURE_CERT = "auth.failure.certificate"
-    AUTH_FAILURE_TOKEN = "auth.failure.token"
+    AUTH_FAILURE_TOKEN = "auth.failure.token"  # noqa: S105 - an event name, not a secret
     AUTH_FAILURE_PEER = "auth.failure.peer"  # peer address outside a listener's CIDR allow-list
     PERMISSION_DENIED = "auth.permission_denied"  # system policy refused an RPC
-    TOKEN_ISSUED = "token.issued"
-    TOKEN_REPLAY = "token.replay"
+    TOKEN_ISSUED = "token.issued"  # noqa: S105 - an event name, not a secret
+    TOKEN_REPLAY = "token.replay"  # noqa: S105 - an event name, not a secret
     BUNDLE_PUSH = "admin.bundle.push"
     BUNDLE_PUSH_REJECTED = "admin.bundle.push_rejected"
     BUNDLE_SIGNATURE_FAILURE = "admin.bundle.signature_failure"

@@ -6,8 +6,9 @@ the call is refused (UNAUTHENTICATED or PERMISSION_DENIED).
 
 from __future__ import annotations
 
+import contextlib
 import ipaddress
-from collections.abc import Iterable, Sequence
+from collections.abc import Callable, Iterable, Sequence
 from typing import Any
 
 import grpc
@@ -69,25 +70,25 @@ def build_system_policy(access: AccessConfig) -> CompiledPolicy:
             rules.append({
                 "id": "data-plane-callers",
                 "effect": "allow",
-                "subjects": [{"type": "service", "ids": list(access.authorize)}],
+                "subjects": {"type": "service", "ids": list(access.authorize)},
                 "actions": ["/pdp.v1.Authorization/*", "/pdp.v1.Identity/*"],
-                "resources": [{"type": "pdp.listener", "ids": ["data"]}],
+                "resources": {"type": "pdp.listener", "ids": ["data"]},
             })
         if access.explain:
             rules.append({
                 "id": "explainers",
                 "effect": "allow",
-                "subjects": [{"type": "service", "ids": list(access.explain)}],
+                "subjects": {"type": "service", "ids": list(access.explain)},
                 "actions": ["explain"],
-                "resources": [{"type": "pdp.listener", "ids": ["data"]}],
+                "resources": {"type": "pdp.listener", "ids": ["data"]},
             })
         if access.admin:
             rules.append({
                 "id": "administrators",
                 "effect": "allow",
-                "subjects": [{"type": "service", "ids": list(access.admin)}],
+                "subjects": {"type": "service", "ids": list(access.admin)},
                 "actions": ["/pdp.v1.Admin/*"],
-                "resources": [{"type": "pdp.listener", "ids": ["admin"]}],
+                "resources": {"type": "pdp.listener", "ids": ["admin"]},
             })
         text = yaml.safe_dump({"metadata": {"name": "system", "revision": "1"}, "rules": rules})
         bundle = load_bundle(text, source="[access]")
@@ -106,6 +107,7 @@ class CallerGate:
         events: EventSink,
         clock: Clock,
         allow_cidrs: Sequence[str] = (),
+        on_refusal: Callable[[str], None] | None = None,
     ) -> None:
         self._listener = listener
         self._peers = peers
@@ -115,6 +117,7 @@ class CallerGate:
         self._clock = clock
         self._networks = _parse_networks(allow_cidrs, listener)
         self._allowed: dict[tuple[str, str], bool] = {}
+        self._on_refusal = on_refusal
 
     def check(self, context: grpc.ServicerContext, method: str) -> Peer:
         """Return the verified caller of ``method``, or abort the call after auditing why."""
@@ -167,10 +170,11 @@ class CallerGate:
         return any(address in net for net in self._networks)
 
     def _refuse(self, context: grpc.ServicerContext, error: Exception, event: Event) -> None:
-        try:
+        if self._on_refusal is not None:
+            self._on_refusal(str(event.type))
+        # The refusal stands either way; the audit trail's health is reported apart.
+        with contextlib.suppress(AuditUnavailableError):
             self._events.emit(event)
-        except AuditUnavailableError:
-            pass  # the refusal stands either way; the audit trail's health is reported apart
         assert isinstance(error, CertificateError | CallerNotAllowedError)
         abort_with(context, error)
 

@@ -6,10 +6,13 @@ down, and its audit record is written and flushed before the call returns.
 
 from __future__ import annotations
 
+import contextlib
 from collections.abc import Callable
 from typing import Any
 
 import grpc
+from pdp_client._proto import admin_pb2 as pb
+from pdp_client._proto import admin_pb2_grpc as pb_grpc
 
 from pdp.clock import Clock
 from pdp.errors import (
@@ -24,8 +27,6 @@ from pdp.server.access import CallerGate
 from pdp.server.bundles import BundleManager
 from pdp.server.status import abort_with
 from pdp.store import BundleStore, QuarantineEntry, StoredBundle
-from pdp_client._proto import admin_pb2 as pb
-from pdp_client._proto import admin_pb2_grpc as pb_grpc
 
 __all__ = ["AdminService"]
 
@@ -87,7 +88,7 @@ class AdminService(pb_grpc.AdminServicer):
 
     # --- bundles ------------------------------------------------------------------------------
 
-    def PushBundle(  # noqa: N802 - gRPC method name
+    def PushBundle(
         self, request: pb.PushBundleRequest, context: grpc.ServicerContext
     ) -> pb.PushBundleResponse:
         actor = self._begin(context, "PushBundle")
@@ -118,7 +119,7 @@ class AdminService(pb_grpc.AdminServicer):
                 self._try_audit(context, actor, EventType.BUNDLE_PUSH_REJECTED, str(exc))
             abort_with(context, exc)
 
-    def ListBundles(  # noqa: N802 - gRPC method name
+    def ListBundles(
         self, request: pb.ListBundlesRequest, context: grpc.ServicerContext
     ) -> pb.ListBundlesResponse:
         self._gate.check(context, _method("ListBundles"))
@@ -127,7 +128,7 @@ class AdminService(pb_grpc.AdminServicer):
         except PdpError as exc:
             abort_with(context, exc)
 
-    def GetBundle(  # noqa: N802 - gRPC method name
+    def GetBundle(
         self, request: pb.GetBundleRequest, context: grpc.ServicerContext
     ) -> pb.GetBundleResponse:
         self._gate.check(context, _method("GetBundle"))
@@ -138,7 +139,7 @@ class AdminService(pb_grpc.AdminServicer):
         except PdpError as exc:
             abort_with(context, exc)
 
-    def ActivateBundle(  # noqa: N802 - gRPC method name
+    def ActivateBundle(
         self, request: pb.ActivateBundleRequest, context: grpc.ServicerContext
     ) -> pb.ActivateBundleResponse:
         actor = self._begin(context, "ActivateBundle")
@@ -150,7 +151,7 @@ class AdminService(pb_grpc.AdminServicer):
         except PdpError as exc:
             abort_with(context, exc)
 
-    def Rollback(  # noqa: N802 - gRPC method name
+    def Rollback(
         self, request: pb.RollbackRequest, context: grpc.ServicerContext
     ) -> pb.RollbackResponse:
         actor = self._begin(context, "Rollback")
@@ -162,13 +163,13 @@ class AdminService(pb_grpc.AdminServicer):
         except PdpError as exc:
             abort_with(context, exc)
 
-    def GetStatus(  # noqa: N802 - gRPC method name
+    def GetStatus(
         self, request: pb.GetStatusRequest, context: grpc.ServicerContext
     ) -> pb.GetStatusResponse:
         self._gate.check(context, _method("GetStatus"))
         return self._status()
 
-    def SetShadow(  # noqa: N802 - gRPC method name
+    def SetShadow(
         self, request: pb.SetShadowRequest, context: grpc.ServicerContext
     ) -> pb.SetShadowResponse:
         actor = self._begin(context, "SetShadow")
@@ -186,7 +187,7 @@ class AdminService(pb_grpc.AdminServicer):
 
     # --- quarantine ---------------------------------------------------------------------------
 
-    def ListQuarantine(  # noqa: N802 - gRPC method name
+    def ListQuarantine(
         self, request: pb.ListQuarantineRequest, context: grpc.ServicerContext
     ) -> pb.ListQuarantineResponse:
         self._gate.check(context, _method("ListQuarantine"))
@@ -196,7 +197,7 @@ class AdminService(pb_grpc.AdminServicer):
         except PdpError as exc:
             abort_with(context, exc)
 
-    def Quarantine(  # noqa: N802 - gRPC method name
+    def Quarantine(
         self, request: pb.QuarantineRequest, context: grpc.ServicerContext
     ) -> pb.QuarantineResponse:
         actor = self._begin(context, "Quarantine")
@@ -216,7 +217,7 @@ class AdminService(pb_grpc.AdminServicer):
         except PdpError as exc:
             abort_with(context, exc)
 
-    def Release(  # noqa: N802 - gRPC method name
+    def Release(
         self, request: pb.ReleaseRequest, context: grpc.ServicerContext
     ) -> pb.ReleaseResponse:
         actor = self._begin(context, "Release")
@@ -232,10 +233,8 @@ class AdminService(pb_grpc.AdminServicer):
 
     def _try_audit(self, context: grpc.ServicerContext, actor: str, type_: EventType,
                    reason: str) -> None:
-        try:
+        with contextlib.suppress(AuditUnavailableError):  # the push is refused either way
             self._audit(context, actor, type_, "failure", {"reason": reason}, Severity.WARNING)
-        except AuditUnavailableError:
-            pass  # the push is refused either way
 
 
 def _required(value: str, field: str) -> str:

@@ -15,8 +15,9 @@ from concurrent import futures
 
 import grpc
 from grpc_health.v1 import health, health_pb2, health_pb2_grpc
+from pdp_client._proto import admin_pb2, admin_pb2_grpc, authorization_pb2_grpc, identity_pb2_grpc
 
-from pdp.audit import AuditLog, NullAuditLog
+from pdp.audit import AuditLog, NullAuditLog, create_audit_log
 from pdp.clock import Clock, system_clock
 from pdp.detect import (
     Alert,
@@ -26,7 +27,7 @@ from pdp.detect import (
     JsonLinesAlertSink,
     WebhookAlertSink,
 )
-from pdp.errors import AuditUnavailableError, PdpError
+from pdp.errors import AuditUnavailableError, ConfigError, PdpError
 from pdp.events import Event, EventType, Severity
 from pdp.policy import CompiledPolicy, DecisionCache, PolicyEngine
 from pdp.security.identity import PeerVerifier
@@ -41,10 +42,8 @@ from pdp.server.bundles import BundleManager
 from pdp.server.config import Config
 from pdp.server.hub import EventHub
 from pdp.server.identity import IdentityService
-from pdp.store import QuarantineEntry, open_store
+from pdp.store import QuarantineEntry, open_configured
 from pdp.telemetry import Telemetry
-from pdp_client._proto import admin_pb2
-from pdp_client._proto import admin_pb2_grpc, authorization_pb2_grpc, identity_pb2_grpc
 
 __all__ = ["PDPServer"]
 
@@ -70,15 +69,14 @@ class PDPServer:
         config.data_dir.mkdir(parents=True, exist_ok=True, mode=0o700)
 
         self.telemetry = telemetry or Telemetry(config.telemetry)
-        self.audit: AuditLog | NullAuditLog = (
-            AuditLog(config.audit_config, clock=clock) if config.audit_config.enabled
-            else NullAuditLog())
-        self.store = open_store(config.store_url, clock=clock)
+        self.audit: AuditLog | NullAuditLog = create_audit_log(config.audit_config, clock=clock)
+        self.store = open_configured(config.store, data_dir=config.data_dir, clock=clock)
         self.tls = ServerTLS(config.tls, clock=clock, on_reload=self._on_cert_reload)
         self.peers = PeerVerifier(self.tls, clock=clock)
 
-        self.cache = (DecisionCache(max_size=config.cache.max_size, ttl=config.cache.ttl, clock=clock)
-                 if config.cache.enabled else None)
+        self.cache = (
+            DecisionCache(max_size=config.cache.max_size, ttl=config.cache.ttl, clock=clock)
+            if config.cache.enabled else None)
         self.engine = PolicyEngine(cache=self.cache, clock=clock)
 
         sinks: list[AlertSink] = [CallbackAlertSink(self._on_alert)]
@@ -132,7 +130,8 @@ class PDPServer:
 
     def _gate(self, listener: str, policy: CompiledPolicy, cidrs: tuple[str, ...]) -> CallerGate:
         return CallerGate(listener=listener, peers=self.peers, system_policy=policy,
-                          events=self.events, clock=self._clock, allow_cidrs=cidrs)
+                          events=self.events, clock=self._clock, allow_cidrs=cidrs,
+                          on_refusal=self.telemetry.record_auth_failure)
 
     # --- lifecycle --------------------------------------------------------------------------
 
@@ -152,40 +151,32 @@ class PDPServer:
             cert_expiry_days=lambda: {"server": self.tls.server_certificate_status().days_left},
             audit_queue_depth=lambda: self.audit.queue_depth,
         )
-        credentials = self.tls.credentials()
         srv = self.config.server
         self._data_server = grpc.server(
             futures.ThreadPoolExecutor(max_workers=srv.threads, thread_name_prefix="pdp-data"),
             options=[("grpc.max_receive_message_length", srv.max_message_bytes),
                      ("grpc.max_send_message_length", srv.max_message_bytes),
-                     ("grpc.so_reuseport", 1)],
+                     # Only worker processes share the port; a lone server owns it.
+                     ("grpc.so_reuseport", 1 if srv.workers > 1 else 0)],
             maximum_concurrent_rpcs=srv.threads * 64,
         )
         authorization_pb2_grpc.add_AuthorizationServicer_to_server(
             self.authorization, self._data_server)
         identity_pb2_grpc.add_IdentityServicer_to_server(self.identity, self._data_server)
         health_pb2_grpc.add_HealthServicer_to_server(self._health_data, self._data_server)
-        self.data_port = self._data_server.add_secure_port(srv.data.address, credentials)
+        self.data_port = _bind(self._data_server, srv.data.address, self.tls.credentials(),
+                               "[server.data].address")
 
-        self._admin_server = grpc.server(
-            futures.ThreadPoolExecutor(max_workers=4, thread_name_prefix="pdp-admin"),
-            options=[("grpc.max_receive_message_length", srv.max_bundle_bytes),
-                     ("grpc.max_send_message_length", srv.max_bundle_bytes),
-                     ("grpc.so_reuseport", 0)],
-        )
-        admin_pb2_grpc.add_AdminServicer_to_server(self.admin, self._admin_server)
-        health_pb2_grpc.add_HealthServicer_to_server(self._health_admin, self._admin_server)
-        self.admin_port = self._admin_server.add_secure_port(srv.admin.address, credentials)
-
+        if srv.serve_admin:
+            self._start_admin()
         self._data_server.start()
-        self._admin_server.start()
+
         if srv.tls12_probe:
-            host = srv.data.address.rpartition(":")[0].strip("[]") or "127.0.0.1"
-            assert_tls13_only(host if host not in ("0.0.0.0", "::") else "127.0.0.1",
-                              self.data_port, ca_file=self.config.tls.ca_file,
-                              cert_file=self.config.tls.cert_file,
-                              key_file=self.config.tls.key_file,
-                              server_name=self.config.client.server_name)
+            try:
+                self._prove_tls13_only()
+            except PdpError:
+                self.stop(grace=0)
+                raise
         self.store.watch(self._on_store_change, poll_interval=self.config.store.poll_interval)
         self._update_health()
         self._monitor = threading.Thread(target=self._watch_health, name="pdp-health",
@@ -194,6 +185,29 @@ class PDPServer:
         self._event(EventType.SERVICE_START, "success",
                     {"replica": self.replica_id, "data_port": self.data_port,
                      "admin_port": self.admin_port})
+
+    def _prove_tls13_only(self) -> None:
+        """A real TLS 1.2 handshake against our own port must fail, and TLS 1.3 succeed."""
+        host = self.config.server.data.address.rpartition(":")[0].strip("[]") or "127.0.0.1"
+        wildcard = host in ("0.0.0.0", "::")  # noqa: S104 - probing, not binding
+        assert_tls13_only("127.0.0.1" if wildcard else host, self.data_port,
+                          ca_file=self.config.tls.ca_file, cert_file=self.config.tls.cert_file,
+                          key_file=self.config.tls.key_file,
+                          server_name=self.config.client.server_name)
+
+    def _start_admin(self) -> None:
+        srv = self.config.server
+        self._admin_server = grpc.server(
+            futures.ThreadPoolExecutor(max_workers=4, thread_name_prefix="pdp-admin"),
+            options=[("grpc.max_receive_message_length", srv.max_bundle_bytes),
+                     ("grpc.max_send_message_length", srv.max_bundle_bytes),
+                     ("grpc.so_reuseport", 0)],
+        )
+        admin_pb2_grpc.add_AdminServicer_to_server(self.admin, self._admin_server)
+        health_pb2_grpc.add_HealthServicer_to_server(self._health_admin, self._admin_server)
+        self.admin_port = _bind(self._admin_server, srv.admin.address, self.tls.credentials(),
+                                "[server.admin].address")
+        self._admin_server.start()
 
     def stop(self, grace: float | None = None) -> None:
         """Stop taking calls, drain in-flight ones for ``grace`` seconds, flush the audit."""
@@ -306,6 +320,16 @@ class PDPServer:
                                   details=details))
         except AuditUnavailableError as exc:
             log.error("audit unavailable for %s: %s", type_, exc)
+
+
+def _bind(server: grpc.Server, address: str, credentials: grpc.ServerCredentials,
+          field: str) -> int:
+    try:
+        port: int = server.add_secure_port(address, credentials)
+    except RuntimeError:
+        raise ConfigError(f"cannot listen on {address}: the address is in use or not local",
+                          field=field) from None
+    return port
 
 
 def wait_for_port(host: str, port: int, timeout: float = 10.0) -> None:

@@ -70,7 +70,10 @@ class BundleManager:
         return Validated(bundle, data, signature or None, key_id or None)
 
     def compile_stored(self, stored: StoredBundle) -> CompiledPolicy:
-        """Re-validate a stored bundle before it may serve; raise StoreCorruptError or BundleError."""
+        """Re-validate a stored bundle before it may serve.
+
+        Raises StoreCorruptError or BundleError.
+        """
         bundle = load_bundle(stored.data, source=f"store:{stored.version}", limits=self._limits)
         if bundle.digest != stored.digest:
             raise StoreCorruptError(

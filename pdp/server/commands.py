@@ -17,17 +17,15 @@ from typing import Any
 
 import grpc
 from google.protobuf import json_format
+from pdp_client._proto import admin_pb2, admin_pb2_grpc, authorization_pb2, authorization_pb2_grpc
 
 from pdp.errors import PdpError
 from pdp.server.config import ClientConfig, load_config
-from pdp_client._proto import admin_pb2, admin_pb2_grpc, authorization_pb2, authorization_pb2_grpc
 
 __all__ = ["register"]
 
-Sub = argparse._SubParsersAction[argparse.ArgumentParser]
 
-
-def register(subparsers: Sub) -> None:
+def register(subparsers: argparse._SubParsersAction[argparse.ArgumentParser]) -> None:
     """Add serve, run, check, bundle (admin part), quarantine and status."""
     p = subparsers.add_parser("serve", help="serve with a config file")
     p.add_argument("--config", "-c", required=True, type=Path, help="pdp.toml")
@@ -71,7 +69,9 @@ def register(subparsers: Sub) -> None:
     p.set_defaults(func=_admin_call("GetStatus", admin_pb2.GetStatusRequest))
 
 
-def register_bundle_admin(bundle_sub: Sub) -> None:
+def register_bundle_admin(
+    bundle_sub: argparse._SubParsersAction[argparse.ArgumentParser],
+) -> None:
     """Add `pdp bundle push|list|get|activate|rollback|shadow` to the bundle group."""
     p = bundle_sub.add_parser("push", help="validate, store and optionally activate")
     _connection_flags(p)
@@ -162,12 +162,22 @@ def _admin_call(method: str, request_type: type) -> Callable[[argparse.Namespace
 def _serve(args: argparse.Namespace) -> int:
     from pdp.server.app import PDPServer
 
-    server = PDPServer(load_config(args.config))
-    return _serve_until_signal(server)
+    config = load_config(args.config)
+    if config.server.workers > 1:
+        from pdp.server.workers import run_workers
+
+        stop = threading.Event()
+        for signum in (signal.SIGTERM, signal.SIGINT):
+            signal.signal(signum, lambda s, f: stop.set())
+        return run_workers(args.config, config, stop)
+    return _serve_until_signal(PDPServer(config))
 
 
-def _serve_until_signal(server: Any, banner: str = "") -> int:
+def _serve_until_signal(server: Any, banner: str = "",
+                        after_start: Callable[[], None] | None = None) -> int:
     server.start()
+    if after_start is not None:
+        after_start()
     stop = threading.Event()
 
     def on_signal(signum: int, frame: object) -> None:
@@ -186,13 +196,13 @@ def _serve_until_signal(server: Any, banner: str = "") -> int:
 
 
 def _run(args: argparse.Namespace) -> int:
-    from pdp.server.devmode import prepare_dev, seed_example_bundle
     from pdp.server.app import PDPServer
+    from pdp.server.devmode import prepare_dev, seed_example_bundle
 
     config_path, banner = prepare_dev(args.dir, args.bundle)
     server = PDPServer(load_config(config_path))
-    seed_example_bundle(server, args.dir, args.bundle)
-    return _serve_until_signal(server, banner)
+    return _serve_until_signal(
+        server, banner, after_start=lambda: seed_example_bundle(server, args.dir, args.bundle))
 
 
 def _typed(value: str, flag: str) -> tuple[str, str]:

@@ -22,6 +22,7 @@ from pdp.policy import Limits
 from pdp.security.keys import KeyConfig
 from pdp.security.signing import BundleSigningConfig
 from pdp.security.tls import TLSConfig
+from pdp.store import StoreConfig
 from pdp.telemetry import TelemetryConfig
 
 __all__ = [
@@ -31,7 +32,6 @@ __all__ = [
     "Config",
     "ListenerConfig",
     "ServerConfig",
-    "StoreConfig",
     "TokenConfig",
     "load_config",
 ]
@@ -51,6 +51,8 @@ class ServerConfig:
     data: ListenerConfig = ListenerConfig(address="127.0.0.1:7443")  # Authorization + Identity
     admin: ListenerConfig = ListenerConfig(address="127.0.0.1:7444")  # Admin, loopback by default
     threads: int = 16  # gRPC worker threads per process
+    workers: int = 1  # server processes sharing the data port (SO_REUSEPORT); see docs
+    serve_admin: bool = True  # whether this process binds the admin listener (worker 0 does)
     max_message_bytes: int = 4 * 1024 * 1024  # larger messages get RESOURCE_EXHAUSTED
     max_bundle_bytes: int = 64 * 1024 * 1024  # admin listener message limit (bundle pushes)
     max_batch: int = 1000  # most requests in one AuthorizeBatch
@@ -61,16 +63,12 @@ class ServerConfig:
     def __post_init__(self) -> None:
         if self.threads < 1:
             raise ValueError("threads must be at least 1")
+        if self.workers < 1:
+            raise ValueError("workers must be at least 1")
         if self.max_batch < 1:
             raise ValueError("max_batch must be at least 1")
         if self.max_message_bytes < 1024:
             raise ValueError("max_message_bytes must be at least 1024")
-
-
-@dataclass(frozen=True, slots=True, kw_only=True)
-class StoreConfig:
-    url: str = ""  # sqlite:///path/pdp.db or postgresql://...; default: sqlite in data_dir
-    poll_interval: float = 0.5  # seconds between checks for changes made by other replicas
 
 
 @dataclass(frozen=True, slots=True, kw_only=True)
@@ -118,9 +116,9 @@ class Config:
     data_dir: Path = Path("data")  # the SQLite store, audit and keys live here by default
     server: ServerConfig = ServerConfig()
     tls: TLSConfig
-    store: StoreConfig = StoreConfig()
+    store: StoreConfig = field(default_factory=StoreConfig)
     cache: CacheConfig = CacheConfig()
-    limits: Limits = Limits()
+    limits: Limits = field(default_factory=Limits)
     access: AccessConfig = AccessConfig()
     bundles: BundleSigningConfig = field(default_factory=BundleSigningConfig)
     keys: KeyConfig | None = None  # default: keys in data_dir/keys
@@ -129,10 +127,6 @@ class Config:
     telemetry: TelemetryConfig = field(default_factory=TelemetryConfig)
     detection: DetectionConfig = field(default_factory=DetectionConfig)
     client: ClientConfig = ClientConfig()
-
-    @property
-    def store_url(self) -> str:
-        return self.store.url or f"sqlite:///{(self.data_dir / 'pdp.db').resolve()}"
 
     @property
     def key_config(self) -> KeyConfig:

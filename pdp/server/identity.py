@@ -9,6 +9,8 @@ from __future__ import annotations
 import json
 
 import grpc
+from pdp_client._proto import identity_pb2 as pb
+from pdp_client._proto import identity_pb2_grpc as pb_grpc
 
 from pdp.clock import Clock
 from pdp.errors import PdpError, RequestError
@@ -17,8 +19,6 @@ from pdp.security.keys import KeyStore
 from pdp.security.tokens import TokenIssuer
 from pdp.server.access import CallerGate
 from pdp.server.status import abort_with
-from pdp_client._proto import identity_pb2 as pb
-from pdp_client._proto import identity_pb2_grpc as pb_grpc
 
 __all__ = ["IdentityService"]
 
@@ -41,7 +41,7 @@ class IdentityService(pb_grpc.IdentityServicer):
         self._clock = clock
         self._default_ttl = default_ttl
 
-    def IssueServiceToken(  # noqa: N802 - gRPC method name
+    def IssueServiceToken(
         self, request: pb.IssueServiceTokenRequest, context: grpc.ServicerContext
     ) -> pb.IssueServiceTokenResponse:
         peer = self._gate.check(context, ISSUE)
@@ -65,7 +65,7 @@ class IdentityService(pb_grpc.IdentityServicer):
             token=issued.token, expires_at=int(issued.expires_at), key_id=issued.kid,
             jti=issued.jti)
 
-    def GetKeySet(  # noqa: N802 - gRPC method name
+    def GetKeySet(
         self, request: pb.GetKeySetRequest, context: grpc.ServicerContext
     ) -> pb.GetKeySetResponse:
         self._gate.check(context, KEY_SET)

@@ -1,0 +1,87 @@
+"""Audit and health end to end: every decision leaves a verifiable record; fail closed (issue 5)."""
+
+from __future__ import annotations
+
+import time
+from collections.abc import Callable
+from pathlib import Path
+
+import pytest
+from grpc_health.v1 import health_pb2, health_pb2_grpc
+from pdp_client._proto import admin_pb2
+
+from pdp.audit import verify
+from pdp.audit.records import list_files
+from tests.server.conftest import Harness, authorize_request
+
+
+def _records(directory: Path) -> list[str]:
+    return [line for _, path in list_files(directory) for line in path.read_text().splitlines()]
+
+
+def _wait(predicate: Callable[[], bool], timeout: float = 10.0) -> None:
+    deadline = time.monotonic() + timeout
+    while not predicate():
+        assert time.monotonic() < deadline, "condition not reached in time"
+        time.sleep(0.05)
+
+
+def test_decisions_and_admin_acts_leave_a_verifiable_chain(harness: Harness) -> None:
+    stub = harness.authz()
+    answers = [stub.Authorize(authorize_request("alice", a, "d1"), timeout=5)
+               for a in ("read", "delete")]
+    audit_dir = harness.server.config.audit_config.dir
+    _wait(lambda: all(any(a.decision_id in line for line in _records(audit_dir))
+                      for a in answers))
+    records = _records(audit_dir)
+    assert any('"admin.bundle.push"' in line for line in records)
+    harness.close()  # flushes the queue
+    report = verify(audit_dir)
+    assert report.records == len(_records(audit_dir))
+
+
+def test_unwritable_audit_denies_then_recovers(harness: Harness) -> None:
+    stub = harness.authz()
+    assert stub.Authorize(authorize_request("alice", "read", "d1"), timeout=5).decision == 1
+    audit_dir = harness.server.config.audit_config.dir
+    moved = audit_dir.with_name("audit-moved")
+    # As root, permissions do not stop writes; a regular file where the directory was does.
+    audit_dir.rename(moved)
+    audit_dir.write_text("not a directory")
+    try:
+        _wait(lambda: not harness.server.audit.healthy)
+        answer = stub.Authorize(authorize_request("alice", "read", "d2"), timeout=5)
+        assert (answer.decision, answer.reason) == (0, "audit unavailable")
+        health = health_pb2_grpc.HealthStub(harness.channel(harness.pki.service))
+        _wait(lambda: health.Check(health_pb2.HealthCheckRequest(), timeout=5).status
+              == health_pb2.HealthCheckResponse.NOT_SERVING)
+        with pytest.raises(Exception) as err:
+            harness.push("metadata: {name: x, revision: '2'}\nrules: []\n")
+        assert "audit unavailable" in str(err.value)
+    finally:
+        audit_dir.unlink()
+        moved.rename(audit_dir)
+    _wait(lambda: harness.server.audit.healthy)
+    assert stub.Authorize(authorize_request("alice", "read", "d3"), timeout=5).decision == 1
+
+
+def test_health_is_not_serving_until_a_bundle_is_active(
+    start_server: Callable[..., Harness],
+) -> None:
+    harness = start_server(seed=False)
+    health = health_pb2_grpc.HealthStub(harness.channel(harness.pki.service))
+    status = health.Check(health_pb2.HealthCheckRequest(), timeout=5).status
+    assert status == health_pb2.HealthCheckResponse.NOT_SERVING
+    answer = harness.authz().Authorize(authorize_request("alice", "read", "d1"), timeout=5)
+    assert (answer.decision, answer.reason) == (0, "no active bundle")
+    harness.push(harness_bundle())
+    _wait(lambda: health.Check(health_pb2.HealthCheckRequest(), timeout=5).status
+          == health_pb2.HealthCheckResponse.SERVING)
+    status_rpc = harness.admin().GetStatus(admin_pb2.GetStatusRequest(), timeout=5)
+    assert status_rpc.serving and status_rpc.certificates[0].days_left > 0
+
+
+def harness_bundle() -> str:
+    from tests.server.conftest import TEST_BUNDLE
+
+    return TEST_BUNDLE

@@ -1,0 +1,54 @@
+"""Trace continuity and metrics through the real server and the shipped client (issue 5)."""
+
+from __future__ import annotations
+
+from collections.abc import Callable
+
+from opentelemetry import trace
+from opentelemetry.sdk.metrics import MeterProvider
+from opentelemetry.sdk.metrics.export import InMemoryMetricReader
+from opentelemetry.sdk.trace import TracerProvider
+from opentelemetry.sdk.trace.export import SimpleSpanProcessor
+from opentelemetry.sdk.trace.export.in_memory_span_exporter import InMemorySpanExporter
+from pdp_client import PDPClient, Resource, Subject
+
+from pdp.telemetry import Telemetry, TelemetryConfig
+from tests.server.conftest import Harness
+
+
+def test_client_span_is_the_parent_of_the_server_span(
+    start_server: Callable[..., Harness],
+) -> None:
+    server_spans = InMemorySpanExporter()
+    server_provider = TracerProvider()
+    server_provider.add_span_processor(SimpleSpanProcessor(server_spans))
+    reader = InMemoryMetricReader()
+    telemetry = Telemetry(TelemetryConfig(), tracer_provider=server_provider,
+                          meter_provider=MeterProvider(metric_readers=[reader]))
+    harness = start_server(telemetry=telemetry)
+    client_tracer = TracerProvider().get_tracer("test-pep")
+    with PDPClient(harness.data_target, ca_file=harness.pki.ca_cert,
+                   cert_file=harness.pki.service.cert, key_file=harness.pki.service.key,
+                   server_name="localhost", timeout=5.0) as client, \
+            client_tracer.start_as_current_span("pep-request") as parent:
+        decision = client.authorize(subject=Subject("user", "alice"), action="read",
+                                    resource=Resource("doc", "d1"))
+    assert decision.allowed
+    spans = [s for s in server_spans.get_finished_spans()
+             if s.name == "pdp.v1.Authorization/Authorize"]
+    assert len(spans) == 1
+    span = spans[0]
+    assert span.kind == trace.SpanKind.SERVER
+    assert span.context.trace_id == parent.get_span_context().trace_id
+    assert span.parent is not None
+    assert span.parent.span_id == parent.get_span_context().span_id
+    attributes = dict(span.attributes or {})
+    assert attributes["pdp.decision"] == "allow"
+    assert attributes["pdp.rule_id"] == "read-docs"
+    assert attributes["pdp.bundle_version"] == decision.bundle_version
+    assert attributes["pdp.cached"] is False
+    assert attributes["pdp.caller"] == "spiffe://pdp.test/svc/search"
+    data = reader.get_metrics_data()
+    names = {m.name for rm in data.resource_metrics for sm in rm.scope_metrics
+             for m in sm.metrics}
+    assert {"pdp.decisions", "pdp.decision.duration"} <= names
