@@ -35,6 +35,7 @@ class EventType(enum.StrEnum):
     BUNDLE_SIGNATURE_FAILURE = "admin.bundle.signature_failure"
     BUNDLE_ACTIVATE = "admin.bundle.activate"
     BUNDLE_ROLLBACK = "admin.bundle.rollback"
+    BUNDLE_SHADOW = "admin.bundle.shadow"
     BUNDLE_ACTIVATED = "bundle.activated"  # this replica now serves a version
     QUARANTINE = "admin.quarantine"
     RELEASE = "admin.release"

@@ -179,7 +179,7 @@ class AdminService(pb_grpc.AdminServicer):
                 self._manager.compile_stored(self._store.get(version))
             self._store.set_shadow(version, by=actor, now=self._clock())
             self._manager.sync()
-            self._audit(context, actor, EventType.BUNDLE_ACTIVATE, "success",
+            self._audit(context, actor, EventType.BUNDLE_SHADOW, "success",
                         {"shadow_version": version or ""})
             return pb.SetShadowResponse(version=version or "")
         except PdpError as exc:

@@ -6,6 +6,7 @@ admin listener (Admin, Health), both mutual TLS 1.3 only, sharing one engine.
 
 from __future__ import annotations
 
+import json
 import logging
 import os
 import socket
@@ -30,6 +31,7 @@ from pdp.detect import (
 from pdp.errors import AuditUnavailableError, ConfigError, PdpError
 from pdp.events import Event, EventType, Severity
 from pdp.policy import CompiledPolicy, DecisionCache, PolicyEngine
+from pdp.policy.shadow import ShadowEvaluator
 from pdp.security.identity import PeerVerifier
 from pdp.security.keys import KeyStore
 from pdp.security.signing import BundleVerifier
@@ -100,10 +102,11 @@ class PDPServer:
             clock=clock,
             replay=ReplayCache(clock=clock),
         )
+        self.shadow = ShadowEvaluator(clock=clock)
         self.manager = BundleManager(
             store=self.store, engine=self.engine,
             verifier=BundleVerifier.from_config(config.bundles), limits=config.limits,
-            clock=clock, on_activated=self._on_activated)
+            clock=clock, on_activated=self._on_activated, on_shadow=self.shadow.set_policy)
 
         system_policy = build_system_policy(config.access)
         self.data_gate = self._gate("data", system_policy, config.server.data.allow_cidrs)
@@ -111,7 +114,8 @@ class PDPServer:
         self.authorization = AuthorizationService(
             engine=self.engine, gate=self.data_gate, tokens=self.token_verifier,
             events=self.events, telemetry=self.telemetry, clock=clock,
-            max_batch=config.server.max_batch, fail_open_audit=config.audit_config.fail_open)
+            max_batch=config.server.max_batch, fail_open_audit=config.audit_config.fail_open,
+            shadow=self.shadow.submit)
         self.identity = IdentityService(
             issuer=self.token_issuer, keys=self.keys, gate=self.data_gate, events=self.events,
             clock=clock, default_ttl=config.tokens.default_ttl)
@@ -138,6 +142,7 @@ class PDPServer:
     def start(self) -> None:
         """Restore the active bundle, bind both listeners, prove TLS 1.2 is refused."""
         self.audit.start()
+        self.shadow.start()
         if self.detection is not None:
             self.detection.start()
         self.keys.ensure_active()
@@ -222,6 +227,7 @@ class PDPServer:
         self._event(EventType.SERVICE_STOP, "success", {"replica": self.replica_id})
         if self.detection is not None:
             self.detection.close(timeout=grace)
+        self.shadow.close()
         self.audit.close(timeout=max(grace, 5.0))
         self.store.close()
         self.telemetry.shutdown()
@@ -273,6 +279,17 @@ class PDPServer:
         response.certificates.add(name="server", subject=cert.subject,
                                   spiffe_id=cert.spiffe_id or "", serial=str(cert.serial),
                                   not_after=int(cert.not_after), days_left=cert.days_left)
+        report = self.shadow.report()
+        if report.version:
+            response.shadow.CopyFrom(admin_pb2.ShadowReport(
+                version=report.version, evaluated=report.evaluated, agreed=report.agreed,
+                agreement_rate=report.agreement_rate,
+                top_differences=[admin_pb2.ShadowDifference(
+                    active_rule_id=d.active_rule, shadow_rule_id=d.shadow_rule,
+                    active_decision=d.active_decision, shadow_decision=d.shadow_decision,
+                    count=d.count,
+                    sample_request_json=json.dumps(d.samples[0], sort_keys=True)
+                    if d.samples else "") for d in report.top_differences]))
         response.audit.CopyFrom(admin_pb2.AuditStatus(
             healthy=self.audit.healthy, queue_depth=self.audit.queue_depth,
             dropped=self.audit.sampled_out, error=self.audit.last_error))

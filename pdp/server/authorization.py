@@ -39,6 +39,7 @@ __all__ = ["AuthorizationService"]
 AUTHORIZE = "/pdp.v1.Authorization/Authorize"
 AUTHORIZE_BATCH = "/pdp.v1.Authorization/AuthorizeBatch"
 EXPLAIN = "explain"
+_NOT_EVALUATED = frozenset({"quarantined", "no active bundle"})
 
 
 class AuthorizationService(pb_grpc.AuthorizationServicer):
@@ -172,7 +173,9 @@ class AuthorizationService(pb_grpc.AuthorizationServicer):
         decision_id = f"{self._id_prefix}-{next(self._ids)}"
         if not self._record(decision, decision_id, req, peer, context, now):
             decision = Decision(Effect.DENY, "", "audit unavailable", decision.bundle_version)
-        elif self.shadow is not None and token_error is None:
+        elif (self.shadow is not None and token_error is None
+              and decision.reason not in _NOT_EVALUATED):
+            # Only real evaluations are compared; a quarantine is not the policy's answer.
             self.shadow(req, decision, now)
         self._telemetry.record_decision(
             "allow" if decision.effect is Effect.ALLOW else "deny",

@@ -64,6 +64,25 @@ def register(subparsers: argparse._SubParsersAction[argparse.ArgumentParser]) ->
     a.set_defaults(func=lambda args: _admin(args, "Release",
                                              admin_pb2.ReleaseRequest(subject=args.subject)))
 
+    p = subparsers.add_parser("shadow", help="try a stored bundle on live traffic, unenforced")
+    s = p.add_subparsers(dest="shadow_command", required=True)
+    a = s.add_parser("set", help="evaluate every Authorize also against VERSION")
+    _connection_flags(a)
+    a.add_argument("version")
+    a.set_defaults(func=lambda args: _admin(
+        args, "SetShadow", admin_pb2.SetShadowRequest(version=args.version)))
+    a = s.add_parser("clear", help="stop shadow evaluation")
+    _connection_flags(a)
+    a.set_defaults(func=lambda args: _admin(args, "SetShadow", admin_pb2.SetShadowRequest()))
+    a = s.add_parser("report", help="agreement rate and the top differing rules")
+    _connection_flags(a)
+    a.set_defaults(func=_shadow_report)
+
+    p = subparsers.add_parser("health", help="gRPC health check over mTLS (exit 0: SERVING)")
+    _connection_flags(p)
+    p.add_argument("--admin", action="store_true", help="check the admin listener")
+    p.set_defaults(func=_health)
+
     p = subparsers.add_parser("status", help="the replica's status (admin)")
     _connection_flags(p)
     p.set_defaults(func=_admin_call("GetStatus", admin_pb2.GetStatusRequest))
@@ -90,11 +109,6 @@ def register_bundle_admin(
     p = bundle_sub.add_parser("rollback")
     _connection_flags(p)
     p.set_defaults(func=_admin_call("Rollback", admin_pb2.RollbackRequest))
-    p = bundle_sub.add_parser("shadow", help="evaluate a stored version in the shadow")
-    _connection_flags(p)
-    p.add_argument("version", nargs="?", default="", help="empty: stop shadow evaluation")
-    p.set_defaults(func=lambda args: _admin(
-        args, "SetShadow", admin_pb2.SetShadowRequest(version=args.version)))
 
 
 # --- connections ------------------------------------------------------------------------------
@@ -252,6 +266,37 @@ def _push(args: argparse.Namespace) -> int:
         sig = read_signature(args.signature.read_bytes())
         request.signature, request.key_id = sig.signature, sig.key_id or ""
     return _admin(args, "PushBundle", request)
+
+
+def _health(args: argparse.Namespace) -> int:
+    from grpc_health.v1 import health_pb2, health_pb2_grpc
+
+    with _channel(args, admin=args.admin) as channel:
+        try:
+            response = health_pb2_grpc.HealthStub(channel).Check(
+                health_pb2.HealthCheckRequest(), timeout=args.timeout)
+        except grpc.RpcError as exc:
+            print(f"pdp: health check failed: {exc.code().name}: {exc.details()}",
+                  file=sys.stderr)
+            return 1
+    name = health_pb2.HealthCheckResponse.ServingStatus.Name(response.status)
+    print(name)
+    return 0 if response.status == health_pb2.HealthCheckResponse.SERVING else 1
+
+
+def _shadow_report(args: argparse.Namespace) -> int:
+    with _channel(args, admin=True) as channel:
+        try:
+            status = admin_pb2_grpc.AdminStub(channel).GetStatus(
+                admin_pb2.GetStatusRequest(), timeout=args.timeout)
+        except grpc.RpcError as exc:
+            print(f"pdp: GetStatus failed: {exc.code().name}: {exc.details()}", file=sys.stderr)
+            return 1
+    if not status.shadow.version:
+        print("no shadow bundle is set (pdp shadow set VERSION)")
+        return 0
+    _print(status.shadow)
+    return 0
 
 
 _UNITS = {"s": 1, "m": 60, "h": 3600, "d": 86400}

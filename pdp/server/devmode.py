@@ -82,7 +82,8 @@ def prepare_dev(directory: Path, bundle: Path) -> tuple[Path, str]:
         f"pdp (dev mode): config {config}, example bundle {bundle}\n"
         "Make a first decision in another terminal:\n"
         "  .venv/bin/pdp check --subject user:alice --action read --resource node:n1 \\\n"
-        "      --subject-props '{\"teams\": [\"search\"]}' --resource-props '{\"team\": \"search\"}'\n"
+        "      --subject-props '{\"teams\": [\"search\"]}' \\\n"
+        "      --resource-props '{\"team\": \"search\"}'\n"
         "  .venv/bin/pdp status          # admin: active version, cache, certificates, audit\n"
         "Stop with Ctrl-C."
     )

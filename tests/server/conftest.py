@@ -6,6 +6,7 @@
 
 from __future__ import annotations
 
+import json
 from collections.abc import Callable, Iterator
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -60,7 +61,7 @@ key_file = "{server_key}"
 ca_file = "{ca}"
 {crl_line}
 [access]
-authorize = ["spiffe://pdp.test/svc/search"]
+authorize = {authorize}
 explain = ["spiffe://pdp.test/svc/search"]
 admin = ["spiffe://pdp.test/admin"]
 [bundles]
@@ -127,13 +128,15 @@ class Harness:
 
 def make_config(directory: Path, pki: Any, public_key: Path, *, data_port: int = 0,
                 admin_port: int = 0, probe: bool = False, detection: bool = False,
-                crl: Path | None = None, extra: str = "") -> Path:
+                crl: Path | None = None, extra: str = "",
+                authorize: tuple[str, ...] = ("spiffe://pdp.test/svc/search",)) -> Path:
     path = directory / "pdp.toml"
     path.write_text(CONFIG.format(
         probe=str(probe).lower(), data_port=data_port, admin_port=admin_port,
         server_cert=pki.server.cert, server_key=pki.server.key, ca=pki.ca_cert,
         public_key=public_key, detection=str(detection).lower(),
-        crl_line=f'crl_file = "{crl}"' if crl else "") + extra)
+        crl_line=f'crl_file = "{crl}"' if crl else "",
+        authorize=json.dumps(list(authorize))) + extra)
     return path
 
 
