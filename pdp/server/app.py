@@ -28,7 +28,7 @@ from pdp.detect import (
     JsonLinesAlertSink,
     WebhookAlertSink,
 )
-from pdp.errors import AuditUnavailableError, ConfigError, PdpError
+from pdp.errors import AuditUnavailableError, ConfigError, PdpError, StoreUnavailableError
 from pdp.events import Event, EventType, Severity
 from pdp.policy import CompiledPolicy, DecisionCache, PolicyEngine
 from pdp.policy.shadow import ShadowEvaluator
@@ -44,6 +44,7 @@ from pdp.server.bundles import BundleManager
 from pdp.server.config import Config
 from pdp.server.hub import EventHub
 from pdp.server.identity import IdentityService
+from pdp.server.replay import StoreReplayCache
 from pdp.store import QuarantineEntry, open_configured
 from pdp.telemetry import Telemetry
 
@@ -100,7 +101,8 @@ class PDPServer:
             audience=config.tokens.audience,
             leeway=config.key_config.leeway,
             clock=clock,
-            replay=ReplayCache(clock=clock),
+            replay=(StoreReplayCache(self.store, clock=clock) if config.tokens.shared_replay
+                    else ReplayCache(clock=clock)),
         )
         self.shadow = ShadowEvaluator(clock=clock)
         self.manager = BundleManager(
@@ -253,10 +255,20 @@ class PDPServer:
         self._set_health(serving=self._serving())
 
     def _watch_health(self) -> None:
+        store_down = False
         while not self._stopping.wait(HEALTH_INTERVAL):
             try:
                 self._update_health()
                 self.manager.sync_if_changed()
+                if store_down:
+                    log.warning("bundle store reachable again")
+                    store_down = False
+            except StoreUnavailableError as exc:
+                # Keep serving the compiled bundle; say so once, not every half second.
+                if not store_down:
+                    log.warning("bundle store unavailable, serving the last active bundle: %s",
+                                exc)
+                    store_down = True
             except Exception:  # the monitor must outlive any one failure
                 log.exception("health monitor")
 

@@ -95,6 +95,7 @@ class TokenConfig:
     default_ttl: float = 120.0  # seconds, when the caller asks for none
     external_jwks_file: Path | None = None  # also accept tokens of this issuer's key set
     external_issuer: str = ""  # the `iss` of the external issuer
+    shared_replay: bool = False  # remember used tokens in the store: one use in the whole fleet
 
 
 @dataclass(frozen=True, slots=True, kw_only=True)

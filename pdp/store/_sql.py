@@ -261,6 +261,18 @@ class SqlStore(BundleStore):
             QuarantineEntry(subject=r[0], until=float(r[1]), reason=r[2], by=r[3]) for r in rows
         ]
 
+    # --- service-token replay memory -------------------------------------------------------
+
+    def remember_token(self, issuer: str, jti: str, until: float, *, now: float) -> bool:
+        with self._transaction(write=True, what="remembering a service token") as tx:
+            tx.run("DELETE FROM pdp_seen_tokens WHERE until_ts <= %s", (now,))
+            inserted = tx.run(
+                "INSERT INTO pdp_seen_tokens (issuer, jti, until_ts) VALUES (%s, %s, %s) "
+                "ON CONFLICT (issuer, jti) DO NOTHING",
+                (issuer, jti, until),
+            )
+            return inserted == 1
+
     def state_token(self) -> object:
         return self.change_counter()
 
@@ -270,6 +282,16 @@ class SqlStore(BundleStore):
             row = tx.one("SELECT changes FROM pdp_state WHERE id = 1")
             assert row is not None
             return int(row[0])
+
+
+def seen_tokens_statements(real: str) -> Iterator[str]:
+    """Migration 2: the service-token replay memory shared by every replica."""
+    yield f"""CREATE TABLE pdp_seen_tokens (
+        issuer TEXT NOT NULL,
+        jti TEXT NOT NULL,
+        until_ts {real} NOT NULL,
+        PRIMARY KEY (issuer, jti))"""
+    yield "CREATE INDEX pdp_seen_tokens_until ON pdp_seen_tokens (until_ts)"
 
 
 def schema_statements(blob: str, real: str) -> Iterator[str]:

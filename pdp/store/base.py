@@ -147,6 +147,14 @@ class BundleStore(abc.ABC):
         """Unexpired entries (``until > now``), by subject."""
 
     @abc.abstractmethod
+    def remember_token(self, issuer: str, jti: str, until: float, *, now: float) -> bool:
+        """Record a service token's (issuer, jti) until ``until``; False if already recorded.
+
+        Shared by every replica of the store, so a token is accepted once in the whole fleet.
+        Entries expired at ``now`` are forgotten.
+        """
+
+    @abc.abstractmethod
     def state_token(self) -> object:
         """A cheap value that changes whenever activation, shadow or quarantine changes."""
 

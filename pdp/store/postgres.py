@@ -19,7 +19,7 @@ from psycopg.conninfo import conninfo_to_dict, make_conninfo
 
 from pdp.clock import Clock, system_clock
 from pdp.errors import ConfigError, StoreError, StoreUnavailableError
-from pdp.store._sql import Row, SqlStore, Tx, schema_statements
+from pdp.store._sql import Row, SqlStore, Tx, schema_statements, seen_tokens_statements
 from pdp.store.base import run_callback
 
 __all__ = ["CHANNEL", "SCHEMA_VERSION", "PostgresStore"]
@@ -34,6 +34,7 @@ _WAIT_SLICE = 0.25  # longest blocking wait of a watcher, so close() is prompt
 # Entry i migrates the schema from version i to i + 1; table pdp_schema records it.
 _MIGRATIONS: tuple[tuple[str, ...], ...] = (
     tuple(schema_statements("BYTEA", "DOUBLE PRECISION")),
+    tuple(seen_tokens_statements("DOUBLE PRECISION")),
 )
 SCHEMA_VERSION = len(_MIGRATIONS)
 

@@ -15,7 +15,7 @@ from pathlib import Path
 from typing import Any
 
 from pdp.errors import StoreCorruptError, StoreError, StoreUnavailableError
-from pdp.store._sql import Row, SqlStore, Tx, schema_statements
+from pdp.store._sql import Row, SqlStore, Tx, schema_statements, seen_tokens_statements
 from pdp.store.base import run_callback
 
 __all__ = ["SCHEMA_VERSION", "SqliteStore"]
@@ -23,7 +23,10 @@ __all__ = ["SCHEMA_VERSION", "SqliteStore"]
 _log = logging.getLogger("pdp.store.sqlite")
 
 # Entry i migrates the schema from version i to i + 1; PRAGMA user_version records it.
-_MIGRATIONS: tuple[tuple[str, ...], ...] = (tuple(schema_statements("BLOB", "REAL")),)
+_MIGRATIONS: tuple[tuple[str, ...], ...] = (
+    tuple(schema_statements("BLOB", "REAL")),
+    tuple(seen_tokens_statements("REAL")),
+)
 SCHEMA_VERSION = len(_MIGRATIONS)
 
 

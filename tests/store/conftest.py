@@ -60,6 +60,13 @@ def store(store_url: str) -> Iterator[BundleStore]:
 
 
 @pytest.fixture
+def second_store(store: BundleStore, store_url: str) -> Iterator[BundleStore]:
+    """Another instance on the same database: what another replica sees."""
+    with open_store(store_url) as opened:
+        yield opened
+
+
+@pytest.fixture
 def raw_sql(store_url: str) -> RawSql:
     """Run SQL on the store's database behind the store's back (an attacker with DB access)."""
 

@@ -326,3 +326,14 @@ def test_failing_watch_callback_does_not_stop_the_watcher(store: BundleStore, pu
 def test_watch_refuses_a_non_positive_interval(store: BundleStore) -> None:
     with pytest.raises(ValueError):
         store.watch(lambda: None, poll_interval=0)
+
+
+def test_remember_token_once_across_instances_until_it_expires(
+    store: BundleStore, second_store: BundleStore,
+) -> None:
+    assert store.remember_token("pdp", "jti-1", 200.0, now=100.0) is True
+    # Another replica (another store instance on the same database) sees it.
+    assert second_store.remember_token("pdp", "jti-1", 200.0, now=101.0) is False
+    assert store.remember_token("other-issuer", "jti-1", 200.0, now=101.0) is True
+    # Once expired, the entry is forgotten (a token past exp is refused by its exp anyway).
+    assert second_store.remember_token("pdp", "jti-1", 400.0, now=250.0) is True

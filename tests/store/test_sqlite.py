@@ -15,6 +15,7 @@ import pytest
 
 from pdp.errors import ConfigError, StoreCorruptError, StoreError
 from pdp.store import open_store
+from pdp.store.sqlite import SCHEMA_VERSION
 
 from .conftest import NOW, bundle_bytes, push_bytes
 
@@ -134,7 +135,7 @@ def test_store_file_is_wal_with_full_sync(tmp_path: Path) -> None:
     with open_store(f"sqlite:///{tmp_path / 'b.db'}"):
         conn = sqlite3.connect(tmp_path / "b.db")
         assert conn.execute("PRAGMA journal_mode").fetchone()[0] == "wal"
-        assert conn.execute("PRAGMA user_version").fetchone()[0] == 1
+        assert conn.execute("PRAGMA user_version").fetchone()[0] == SCHEMA_VERSION == 2
         conn.close()
 
 
