@@ -20,7 +20,7 @@ run: $(STAMP)
 test: lint typecheck pytest
 
 lint: $(STAMP)
-	$(BIN)/ruff check pdp tests benchmarks scripts clients/python
+	$(BIN)/ruff check pdp tests benchmarks scripts clients/python examples
 
 typecheck: $(STAMP)
 	$(BIN)/mypy

@@ -14,6 +14,7 @@ from typing import Any
 
 import grpc
 from grpc_health.v1 import health, health_pb2, health_pb2_grpc
+
 from pdp_client import PDPClient, PEPInterceptor
 
 __all__ = ["HEALTH_CHECK", "SERVICE", "build_server", "inventory_handler", "main"]

@@ -18,14 +18,14 @@ from cryptography import x509
 from cryptography.hazmat.primitives import hashes, serialization
 from cryptography.hazmat.primitives.asymmetric import ec
 from cryptography.x509.oid import ExtendedKeyUsageOID, NameOID
+
+import pdp  # noqa: F401 - sets GRPC_SSL_CIPHER_SUITES (TLS 1.3 only) before any channel exists
 from pdp_client._proto import (
     authorization_pb2,
     authorization_pb2_grpc,
     identity_pb2,
     identity_pb2_grpc,
 )
-
-import pdp  # noqa: F401 - sets GRPC_SSL_CIPHER_SUITES (TLS 1.3 only) before any channel exists
 
 pb = authorization_pb2
 

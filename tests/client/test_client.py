@@ -9,6 +9,7 @@ import threading
 
 import grpc
 import pytest
+
 from pdp_client import (
     AccessRequest,
     Action,

@@ -13,6 +13,7 @@ import grpc
 import grpc.aio
 import pytest
 from grpc_health.v1 import health_pb2, health_pb2_grpc
+
 from pdp_client import AsyncPDPClient, AsyncPEPInterceptor, PDPClient, PEPInterceptor
 from pdp_client._proto import authorization_pb2 as pb
 

@@ -9,6 +9,7 @@ from pathlib import Path
 from opentelemetry import context as otel_context
 from opentelemetry import trace
 from opentelemetry.trace import NonRecordingSpan, SpanContext, TraceFlags
+
 from pdp_client import PDPClient
 
 from .conftest import PKI, Running

@@ -7,6 +7,8 @@ import time
 
 import grpc
 import pytest
+
+from pdp.clock import FakeClock
 from pdp_client import (
     InvalidRequestError,
     PDPClient,
@@ -17,8 +19,6 @@ from pdp_client import (
 )
 from pdp_client._proto import authorization_pb2 as pb
 from pdp_client._proto import authorization_pb2_grpc
-
-from pdp.clock import FakeClock
 
 from .conftest import Running
 

@@ -19,6 +19,9 @@ from typing import Any
 
 import grpc
 import psycopg
+
+from pdp.policy import load_bundle
+from pdp.security.signing import generate_bundle_key, sign_digest
 from pdp_client._proto import (
     admin_pb2,
     admin_pb2_grpc,
@@ -26,9 +29,6 @@ from pdp_client._proto import (
     authorization_pb2_grpc,
     identity_pb2_grpc,
 )
-
-from pdp.policy import load_bundle
-from pdp.security.signing import generate_bundle_key, sign_digest
 
 __all__ = [
     "ADMIN_URL",

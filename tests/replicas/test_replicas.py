@@ -10,8 +10,8 @@ from typing import Any
 
 import grpc
 import pytest
-from pdp_client._proto import admin_pb2, authorization_pb2, identity_pb2
 
+from pdp_client._proto import admin_pb2, authorization_pb2, identity_pb2
 from tests.replicas.cluster import Cluster, Replica, read_request, terminate_backends
 
 pytestmark = [pytest.mark.postgres, pytest.mark.slow]

@@ -14,17 +14,17 @@ from typing import Any
 
 import grpc
 import pytest
+
+from pdp.policy import load_bundle
+from pdp.security.signing import generate_bundle_key, sign_digest
+from pdp.server.app import PDPServer
+from pdp.server.config import load_config
 from pdp_client._proto import (
     admin_pb2,
     admin_pb2_grpc,
     authorization_pb2,
     authorization_pb2_grpc,
 )
-
-from pdp.policy import load_bundle
-from pdp.security.signing import generate_bundle_key, sign_digest
-from pdp.server.app import PDPServer
-from pdp.server.config import load_config
 
 TEST_BUNDLE = """\
 metadata: {name: test, revision: "1"}

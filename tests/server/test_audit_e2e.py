@@ -8,10 +8,10 @@ from pathlib import Path
 
 import pytest
 from grpc_health.v1 import health_pb2, health_pb2_grpc
-from pdp_client._proto import admin_pb2
 
 from pdp.audit import verify
 from pdp.audit.records import list_files
+from pdp_client._proto import admin_pb2
 from tests.server.conftest import Harness, authorize_request
 
 

@@ -4,6 +4,8 @@ from __future__ import annotations
 
 import grpc
 import pytest
+
+from examples.backend.server import SERVICE, build_server
 from pdp_client import (
     PDPClient,
     PEPInterceptor,
@@ -12,8 +14,6 @@ from pdp_client import (
     Subject,
     TokenSource,
 )
-
-from examples.backend.server import SERVICE, build_server
 from tests.server.conftest import Harness
 
 PEP_BUNDLE = """\

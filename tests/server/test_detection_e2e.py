@@ -11,8 +11,8 @@ from typing import Any
 
 import grpc
 import pytest
-from pdp_client._proto import admin_pb2
 
+from pdp_client._proto import admin_pb2
 from tests.server.conftest import Harness, authorize_request
 
 DETECTION = """

@@ -9,9 +9,9 @@ from pathlib import Path
 
 import grpc
 import pytest
-from pdp_client._proto import identity_pb2, identity_pb2_grpc
 
 from pdp.security import pki as pki_module
+from pdp_client._proto import identity_pb2, identity_pb2_grpc
 from tests.conftest import CertPair
 from tests.server.conftest import Harness, authorize_request
 

@@ -16,11 +16,11 @@ from typing import Any
 
 import grpc
 import pytest
-from pdp_client._proto import admin_pb2, admin_pb2_grpc, authorization_pb2_grpc
 
 from pdp.security.signing import generate_bundle_key
 from pdp.server.app import wait_for_port
 from pdp.store import open_store
+from pdp_client._proto import admin_pb2, admin_pb2_grpc, authorization_pb2_grpc
 from tests.server.conftest import TEST_BUNDLE, authorize_request, channel, make_config
 
 pytestmark = pytest.mark.slow
@@ -162,6 +162,6 @@ def test_two_workers_share_the_port_and_both_follow_activation(
         time.sleep(0.05)
     assert len(prefixes) == 2, prefixes
     assert set(prefixes.values()) == {pushed.bundle.version}
-    audit_dirs = sorted(p.name for p in (tmp_path / "data" / "audit").iterdir())
+    audit_dirs = sorted(p.name for p in (tmp_path / "data" / "audit").iterdir() if p.is_dir())
     assert audit_dirs == ["worker-0", "worker-1"]
     assert proc.stop() is not None and proc.proc.returncode == 0

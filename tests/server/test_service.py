@@ -9,8 +9,9 @@ from collections.abc import Callable
 
 import grpc
 import pytest
-from pdp_client._proto import admin_pb2, admin_pb2_grpc, authorization_pb2
 
+from pdp.errors import ConfigError
+from pdp_client._proto import admin_pb2, admin_pb2_grpc, authorization_pb2
 from tests.server.conftest import TEST_BUNDLE, Harness, authorize_request
 
 ALLOW = authorization_pb2.DECISION_ALLOW
@@ -254,3 +255,16 @@ def authorization_pb2_grpc_stub(ch: grpc.Channel) -> object:
     from pdp_client._proto import authorization_pb2_grpc
 
     return authorization_pb2_grpc.AuthorizationStub(ch)
+
+
+def test_second_server_on_the_same_data_dir_refuses_to_start(
+    start_server: Callable[..., Harness],
+) -> None:
+    first = start_server()
+    audit_dir = first.server.config.audit_config.dir
+    before = sorted(p.name for p in audit_dir.iterdir())
+    with pytest.raises(ConfigError, match="another pdp process is already serving"):
+        start_server(directory=first.directory, seed=False)
+    # Nothing was written into the running server's hash chain by the refused one.
+    assert sorted(p.name for p in audit_dir.iterdir()) == before
+    assert first.authz().Authorize(authorize_request("alice", "read", "d1"), timeout=5).decision

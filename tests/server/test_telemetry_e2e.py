@@ -10,9 +10,9 @@ from opentelemetry.sdk.metrics.export import InMemoryMetricReader
 from opentelemetry.sdk.trace import TracerProvider
 from opentelemetry.sdk.trace.export import SimpleSpanProcessor
 from opentelemetry.sdk.trace.export.in_memory_span_exporter import InMemorySpanExporter
-from pdp_client import PDPClient, Resource, Subject
 
 from pdp.telemetry import Telemetry, TelemetryConfig
+from pdp_client import PDPClient, Resource, Subject
 from tests.server.conftest import Harness
 
 

@@ -6,7 +6,6 @@ import time
 from collections.abc import Callable
 
 from pdp_client._proto import admin_pb2
-
 from tests.server.conftest import TEST_BUNDLE, Harness, authorize_request
 
 # The candidate differs from TEST_BUNDLE in one rule: reading "secret-*" docs is allowed.
