@@ -57,6 +57,9 @@ def _coerce(hint: Any, value: Any, where: str) -> Any:
     if origin in (typing.Union, types.UnionType):
         if value is None and type(None) in args:
             return None
+        options = [arg for arg in args if arg is not type(None)]
+        if len(options) == 1:  # Optional[X]: X's own error names the exact field
+            return _coerce(options[0], value, where)
         errors = []
         for arg in args:
             if arg is type(None):

@@ -96,7 +96,7 @@ class Decision:
 
 @dataclass(frozen=True, slots=True, kw_only=True)
 class Limits:
-    """Limits on what the bundle loader accepts (also the ``[policy.limits]`` config section)."""
+    """Limits on what the bundle loader accepts (also the ``[limits]`` config section)."""
 
     max_bytes: int = 64 * 1024 * 1024  # largest bundle document accepted, in bytes
     max_rules: int = 250_000  # most rules one bundle may hold

@@ -82,6 +82,7 @@ def key_fingerprint(public_key: Ed25519PublicKey) -> str:
 
 
 def _write_new(path: Path, data: bytes, mode: int) -> None:
+    path.parent.mkdir(parents=True, exist_ok=True, mode=0o700)
     fd = os.open(path, os.O_WRONLY | os.O_CREAT | os.O_EXCL, mode)
     with os.fdopen(fd, "wb") as fh:
         fh.write(data)

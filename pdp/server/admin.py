@@ -11,8 +11,6 @@ from collections.abc import Callable
 from typing import Any
 
 import grpc
-from pdp_client._proto import admin_pb2 as pb
-from pdp_client._proto import admin_pb2_grpc as pb_grpc
 
 from pdp.clock import Clock
 from pdp.errors import (
@@ -27,6 +25,8 @@ from pdp.server.access import CallerGate
 from pdp.server.bundles import BundleManager
 from pdp.server.status import abort_with
 from pdp.store import BundleStore, QuarantineEntry, StoredBundle
+from pdp_client._proto import admin_pb2 as pb
+from pdp_client._proto import admin_pb2_grpc as pb_grpc
 
 __all__ = ["AdminService"]
 
@@ -108,7 +108,7 @@ class AdminService(pb_grpc.AdminServicer):
             stored = self._manager.store(valid, by=actor)
             activated = False
             if request.activate:
-                self._manager.activate(stored.version, by=actor)
+                self._manager.activate(stored.version, by=actor, bundle=valid.bundle)
                 activated = True
             self._audit(context, actor, EventType.BUNDLE_PUSH, "success",
                         {"version": stored.version, "digest": stored.digest,

@@ -6,6 +6,8 @@ admin listener (Admin, Health), both mutual TLS 1.3 only, sharing one engine.
 
 from __future__ import annotations
 
+import fcntl
+import gc
 import json
 import logging
 import os
@@ -13,10 +15,10 @@ import socket
 import threading
 import time
 from concurrent import futures
+from pathlib import Path
 
 import grpc
 from grpc_health.v1 import health, health_pb2, health_pb2_grpc
-from pdp_client._proto import admin_pb2, admin_pb2_grpc, authorization_pb2_grpc, identity_pb2_grpc
 
 from pdp.audit import AuditLog, NullAuditLog, create_audit_log
 from pdp.clock import Clock, system_clock
@@ -47,6 +49,7 @@ from pdp.server.identity import IdentityService
 from pdp.server.replay import StoreReplayCache
 from pdp.store import QuarantineEntry, open_configured
 from pdp.telemetry import Telemetry
+from pdp_client._proto import admin_pb2, admin_pb2_grpc, authorization_pb2_grpc, identity_pb2_grpc
 
 __all__ = ["PDPServer"]
 
@@ -133,6 +136,7 @@ class PDPServer:
         self.admin_port = 0
         self._stopping = threading.Event()
         self._monitor: threading.Thread | None = None
+        self._lock_fd: int | None = None
 
     def _gate(self, listener: str, policy: CompiledPolicy, cidrs: tuple[str, ...]) -> CallerGate:
         return CallerGate(listener=listener, peers=self.peers, system_policy=policy,
@@ -142,7 +146,12 @@ class PDPServer:
     # --- lifecycle --------------------------------------------------------------------------
 
     def start(self) -> None:
-        """Restore the active bundle, bind both listeners, prove TLS 1.2 is refused."""
+        """Restore the active bundle, bind both listeners, prove TLS 1.2 is refused.
+
+        Raises ConfigError when another process serves from the same audit directory
+        (two writers would fork the hash chain) or a listener cannot bind.
+        """
+        self._lock_fd = _lock_directory(self.config.audit_config.dir)
         self.audit.start()
         self.shadow.start()
         if self.detection is not None:
@@ -186,6 +195,10 @@ class PDPServer:
                 raise
         self.store.watch(self._on_store_change, poll_interval=self.config.store.poll_interval)
         self._update_health()
+        # Long-lived start-up state (modules, the restored bundle) leaves the collector's
+        # view, so collections triggered by per-call garbage do not re-scan it. Only here:
+        # bundles activated later stay collectable.
+        gc.freeze()
         self._monitor = threading.Thread(target=self._watch_health, name="pdp-health",
                                          daemon=True)
         self._monitor.start()
@@ -233,6 +246,9 @@ class PDPServer:
         self.audit.close(timeout=max(grace, 5.0))
         self.store.close()
         self.telemetry.shutdown()
+        if self._lock_fd is not None:
+            os.close(self._lock_fd)  # releases the flock
+            self._lock_fd = None
 
     def wait(self) -> None:
         """Block until stop() is called."""
@@ -349,6 +365,21 @@ class PDPServer:
                                   details=details))
         except AuditUnavailableError as exc:
             log.error("audit unavailable for %s: %s", type_, exc)
+
+
+def _lock_directory(directory: Path) -> int:
+    """Take an exclusive lock next to ``directory``; raise ConfigError if another holds it."""
+    directory.parent.mkdir(parents=True, exist_ok=True, mode=0o700)
+    path = directory.parent / f".{directory.name}.lock"
+    fd = os.open(path, os.O_RDWR | os.O_CREAT, 0o600)
+    try:
+        fcntl.flock(fd, fcntl.LOCK_EX | fcntl.LOCK_NB)
+    except BlockingIOError:
+        os.close(fd)
+        raise ConfigError(f"another pdp process is already serving with {directory} "
+                          f"(lock {path}); each server or worker needs its own",
+                          field="[audit].dir") from None
+    return fd
 
 
 def _bind(server: grpc.Server, address: str, credentials: grpc.ServerCredentials,

@@ -14,8 +14,6 @@ from collections.abc import Callable
 from typing import Any
 
 import grpc
-from pdp_client._proto import authorization_pb2 as pb
-from pdp_client._proto import authorization_pb2_grpc as pb_grpc
 
 from pdp.clock import Clock
 from pdp.errors import (
@@ -33,6 +31,8 @@ from pdp.server.access import CallerGate, peer_ip
 from pdp.server.convert import decision_to_pb, request_parts, to_policy_request
 from pdp.server.status import abort_with
 from pdp.telemetry import Telemetry
+from pdp_client._proto import authorization_pb2 as pb
+from pdp_client._proto import authorization_pb2_grpc as pb_grpc
 
 __all__ = ["AuthorizationService"]
 

@@ -58,6 +58,10 @@ class BundleManager:
         self._activation: Activation | None = None
         self._shadow_version: str | None = None
         self._state: object = object()
+        # Compiled policies by version, so that a push, its activation and the sync that
+        # follows parse and compile a bundle once, not three times (seconds at 100k rules).
+        # Bounded: the active, the shadow and a just-pushed version.
+        self._compiled: dict[tuple[str, str], CompiledPolicy] = {}
 
     # --- validation --------------------------------------------------------------------------
 
@@ -69,19 +73,32 @@ class BundleManager:
         self._verifier.verify(bundle.digest, signature or None, key_id or None)
         return Validated(bundle, data, signature or None, key_id or None)
 
-    def compile_stored(self, stored: StoredBundle) -> CompiledPolicy:
+    def compile_stored(
+        self, stored: StoredBundle, *, bundle: Bundle | None = None
+    ) -> CompiledPolicy:
         """Re-validate a stored bundle before it may serve.
 
-        Raises StoreCorruptError or BundleError.
+        ``bundle`` is the already validated parse of ``stored.data`` (a push), else the
+        stored bytes are parsed again. Raises StoreCorruptError or BundleError.
         """
-        bundle = load_bundle(stored.data, source=f"store:{stored.version}", limits=self._limits)
+        key = (stored.version, stored.data_sha256)
+        cached = self._compiled.get(key)
+        if cached is not None:
+            return cached
+        if bundle is None:
+            bundle = load_bundle(stored.data, source=f"store:{stored.version}",
+                                 limits=self._limits)
         if bundle.digest != stored.digest:
             raise StoreCorruptError(
                 f"stored bundle {stored.version}: canonical digest {bundle.digest[:12]} does not "
                 f"match the recorded digest {stored.digest[:12]}; refusing to serve it"
             )
         self._verifier.verify(bundle.digest, stored.signature, stored.key_id)
-        return compile_bundle(bundle, version=stored.version, sequence=stored.sequence)
+        policy = compile_bundle(bundle, version=stored.version, sequence=stored.sequence)
+        if len(self._compiled) >= 3:
+            self._compiled.pop(next(iter(self._compiled)))
+        self._compiled[key] = policy
+        return policy
 
     # --- admin acts -------------------------------------------------------------------------
 
@@ -99,15 +116,15 @@ class BundleManager:
             now=self._clock(),
         )
 
-    def activate(self, version: str, *, by: str) -> StoredBundle:
+    def activate(self, version: str, *, by: str, bundle: Bundle | None = None) -> StoredBundle:
         """Activate a stored version everywhere (store first), then here; return it.
 
         The bundle is compiled before the store's pointer moves, so a version that cannot
-        serve is never made active.
+        serve is never made active. ``bundle``: its validated parse, when the caller has it.
         """
         with self._lock:
             stored = self._store.get(version)
-            self.compile_stored(stored)
+            self.compile_stored(stored, bundle=bundle)
             self._store.activate(version, by=by, now=self._clock())
             self.sync()
             return stored

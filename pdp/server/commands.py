@@ -17,10 +17,10 @@ from typing import Any
 
 import grpc
 from google.protobuf import json_format
-from pdp_client._proto import admin_pb2, admin_pb2_grpc, authorization_pb2, authorization_pb2_grpc
 
 from pdp.errors import PdpError
 from pdp.server.config import ClientConfig, load_config
+from pdp_client._proto import admin_pb2, admin_pb2_grpc, authorization_pb2, authorization_pb2_grpc
 
 __all__ = ["register"]
 

@@ -151,6 +151,7 @@ def load_config(path: str | os.PathLike[str], *, env: Mapping[str, str] | None =
     except tomllib.TOMLDecodeError as exc:
         raise ConfigError(f"not valid TOML: {exc}", field=str(path)) from None
     apply_env_overrides(raw, os.environ if env is None else env)
+    _default_dirs_under_data_dir(raw)
     if "tls" not in raw:
         raise ConfigError("missing [tls] section: the PDP serves only over mutual TLS",
                           field=str(path))
@@ -182,6 +183,16 @@ def apply_env_overrides(raw: dict[str, Any], env: Mapping[str, str]) -> None:
                 raise ConfigError("environment override into a non-table setting", field=name)
             table = nxt
         table[parts[-1]] = _parse_env_value(value)
+
+
+def _default_dirs_under_data_dir(raw: dict[str, Any]) -> None:
+    """An [audit] or [keys] table without ``dir`` keeps its files under ``data_dir``, as
+    when the table is absent, not next to the config file (often a read-only mount)."""
+    data_dir = raw.get("data_dir", "data")
+    for section, name in (("audit", "audit"), ("keys", "keys")):
+        table = raw.get(section)
+        if isinstance(table, dict) and "dir" not in table and isinstance(data_dir, str):
+            table["dir"] = f"{data_dir.rstrip('/')}/{name}"
 
 
 def _parse_env_value(value: str) -> Any:

@@ -9,10 +9,10 @@ from __future__ import annotations
 from typing import Any
 
 from google.protobuf import struct_pb2
-from pdp_client._proto import authorization_pb2 as pb
 
 from pdp.errors import RequestError
 from pdp.policy import Action, Decision, Effect, Request, Resource, Subject
+from pdp_client._proto import authorization_pb2 as pb
 
 __all__ = ["EMPTY", "decision_to_pb", "request_parts", "struct_to_dict", "to_policy_request"]
 

@@ -99,7 +99,7 @@ def seed_example_bundle(server: PDPServer, directory: Path, bundle: Path) -> Non
         data, sign_digest(_digest(data, bundle), directory / "bundle-signing.key"),
         DEV_KEY_ID, source=str(bundle))
     stored = server.manager.store(valid, by="pdp run")
-    server.manager.activate(stored.version, by="pdp run")
+    server.manager.activate(stored.version, by="pdp run", bundle=valid.bundle)
 
 
 def _digest(data: bytes, source: Path) -> str:

@@ -9,8 +9,6 @@ from __future__ import annotations
 import json
 
 import grpc
-from pdp_client._proto import identity_pb2 as pb
-from pdp_client._proto import identity_pb2_grpc as pb_grpc
 
 from pdp.clock import Clock
 from pdp.errors import PdpError, RequestError
@@ -19,6 +17,8 @@ from pdp.security.keys import KeyStore
 from pdp.security.tokens import TokenIssuer
 from pdp.server.access import CallerGate
 from pdp.server.status import abort_with
+from pdp_client._proto import identity_pb2 as pb
+from pdp_client._proto import identity_pb2_grpc as pb_grpc
 
 __all__ = ["IdentityService"]
 
