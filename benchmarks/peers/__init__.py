@@ -1,0 +1,1 @@
+"""Peer PDPs measured side by side with pdp (Cerbos)."""

@@ -1,0 +1,336 @@
+"""`python -m benchmarks.run --quick|--full`: every measurement of issue 8, tables + JSON.
+
+Servers on core 0, load generators on core 1 (where taskset exists); results are medians of
+rounds measured side by side in one run, written to benchmarks/results/<name>.json.
+"""
+
+from __future__ import annotations
+
+import argparse
+import shutil
+import sys
+import time
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any
+
+from benchmarks.bundles import bundle_json
+from benchmarks.harness import BenchEnv, ServerProc, start_floor, start_pdp, stop_all
+from benchmarks.load import LoadPool
+from benchmarks.peers import cerbos
+from benchmarks.report import Row, machine, print_table, write_json
+from benchmarks.scenarios import Bench, handshakes, measure, rounds, spread, token_verification
+
+__all__ = ["Settings", "main", "run"]
+
+RESULTS = Path(__file__).resolve().parent / "results"
+WORK = Path(__file__).resolve().parent / ".cache" / "work"
+SERVER_CORE, CLIENT_CORE = "0", 1
+WORKERS = 2  # load-generator processes (they share the client core)
+AUDIT_OFF = "[audit]\nenabled = false\n"
+DETECT_OFF = "[detection]\nenabled = false\n"
+TRACES_ON = '[telemetry]\ntraces = "console"\n'
+
+
+@dataclass(frozen=True)
+class Settings:
+    """How much to measure."""
+
+    name: str
+    rounds: int
+    seconds: float
+    big_rules: int  # the large bundle (100,000 in --full)
+    handshakes: int
+    tokens: int
+    peers: bool = True
+    multiprocess: int = 2  # pdp processes sharing the port in the scaling row
+
+
+QUICK = Settings("quick", rounds=3, seconds=0.8, big_rules=0, handshakes=20, tokens=200)
+FULL = Settings("full", rounds=5, seconds=3.0, big_rules=100_000, handshakes=100, tokens=2000)
+
+
+def _section(bench: Bench, title: str, rows: list[Row], out: dict[str, Any], key: str) -> None:
+    bench.tables.append(print_table(title, rows))
+    out[key] = [r.summary() for r in rows]
+
+
+def core_rows(bench: Bench, floor: ServerProc, plain: ServerProc, pdp: ServerProc,
+              out: dict[str, Any]) -> dict[str, Row]:
+    """Floor vs Authorize: sequential, 8 and 32 in flight, cached/uncached, mTLS vs plaintext."""
+    b = bench
+
+    def seq(server: ServerProc, **kw: Any) -> Any:
+        return lambda: [b.job(server, inflight=1, **kw)]
+
+    def par(server: ServerProc, n: int, **kw: Any) -> Any:
+        return lambda: spread(b.job(server, **kw), n, WORKERS)
+
+    plan = [
+        (Row("floor no-op, 1 in flight"), [floor], seq(floor)),
+        (Row("Authorize uncached, 1 in flight"), [pdp], seq(pdp, vary=True)),
+        (Row("Authorize cached, 1 in flight"), [pdp], seq(pdp)),
+        (Row("floor no-op, 8 in flight"), [floor], par(floor, 8)),
+        (Row("Authorize uncached, 8 in flight"), [pdp], par(pdp, 8, vary=True)),
+        (Row("floor no-op, 32 in flight"), [floor], par(floor, 32)),
+        (Row("Authorize uncached, 32 in flight"), [pdp], par(pdp, 32, vary=True)),
+        (Row("Authorize cached, 32 in flight"), [pdp], par(pdp, 32)),
+        (Row("floor raw stub mTLS, 32"), [floor], par(floor, 32, client="raw")),
+        (Row("floor raw stub PLAINTEXT, 32", "plaintext: floor only, for the TLS cost"),
+         [plain], par(plain, 32, client="raw", tls=False)),
+    ]
+    rows = rounds(b, plan)
+    _section(b, "Authorize vs the no-op floor (1,000 rules, mTLS, pdp-client)", rows, out, "core")
+    return {r.name: r for r in rows}
+
+
+def bundle_rows(bench: Bench, servers: dict[int, ServerProc], out: dict[str, Any]) -> None:
+    """Bundle size: sequential latency and 32-in-flight throughput, uncached."""
+    plan = []
+    for rules, server in sorted(servers.items()):
+        plan.append((Row(f"{rules:,} rules, 1 in flight"), [server],
+                     lambda s=server: [bench.job(s, inflight=1, vary=True)]))
+        plan.append((Row(f"{rules:,} rules, 32 in flight"), [server],
+                     lambda s=server: spread(bench.job(s, vary=True), 32, WORKERS)))
+    _section(bench, "Authorize by bundle size (uncached)", rounds(bench, plan), out, "bundles")
+
+
+def batch_rows(bench: Bench, pdp: ServerProc, out: dict[str, Any]) -> dict[str, Row]:
+    """AuthorizeBatch of 10, 100, 1000 (uncached), 8 in flight."""
+    plan = [(Row(f"AuthorizeBatch({n}), 8 in flight"), [pdp],
+             lambda n=n: spread(bench.job(pdp, op="batch", batch=n, vary=True), 8, WORKERS))
+            for n in (10, 100, 1000)]
+    rows = rounds(bench, plan)
+    _section(bench, "AuthorizeBatch decisions/s (uncached)", rows, out, "batch")
+    return {r.name: r for r in rows}
+
+
+def monitoring_rows(bench: Bench, env: BenchEnv, bundle: Any, full: bool,
+                    out: dict[str, Any]) -> None:
+    """Audit, tracing, detection on vs off: 32 in flight, uncached."""
+    variants = [("all off", AUDIT_OFF + DETECT_OFF),
+                ("default (audit + detection)", ""),
+                ("all on (audit + detection + tracing)", TRACES_ON)]
+    if full:
+        variants += [("audit only", DETECT_OFF), ("detection only", AUDIT_OFF),
+                     ("tracing only", AUDIT_OFF + DETECT_OFF + TRACES_ON)]
+    servers = []
+    try:
+        plan = []
+        for i, (label, extra) in enumerate(variants):
+            s = start_pdp(env, f"mon{i}", cores=SERVER_CORE, extra=extra, bundle=bundle)
+            servers.append(s)
+            plan.append((Row(label), [s],
+                         lambda s=s: spread(bench.job(s, vary=True), 32, WORKERS)))
+        _section(bench, "Monitoring impact (1,000 rules, 32 in flight, uncached)",
+                 rounds(bench, plan), out, "monitoring")
+    finally:
+        for s in servers:
+            env.stop(s)
+
+
+def peer_rows(bench: Bench, env: BenchEnv, pdp: ServerProc, bundle: Any, processes: int,
+              out: dict[str, Any]) -> dict[str, Row]:
+    """Cerbos CheckResources(3 actions) vs pdp AuthorizeBatch(3); scaling over processes."""
+    b = bench
+    rows: dict[str, Row] = {}
+    plan: list[Any] = []
+    try:
+        c = cerbos.start_cerbos(env, cores=SERVER_CORE)
+        time.sleep(0.5)
+        mismatches = cerbos.check_same_decisions(env, c.port, pdp.port)
+        out["cerbos_same_decisions"] = not mismatches
+        if mismatches:
+            raise cerbos.CerbosUnavailable("decisions differ: " + "; ".join(mismatches))
+        stubs = str(cerbos.compile_stubs())
+        plan += [
+            (Row(f"Cerbos {cerbos.VERSION} CheckResources(1 res, 3 actions), 32"), [c],
+             lambda: spread(b.job(c, client="cerbos", op="check3", stubs_dir=stubs), 32,
+                            WORKERS)),
+        ]
+    except cerbos.CerbosUnavailable as exc:
+        print(f"\nCerbos peer skipped: {exc}", flush=True)
+        out["cerbos_skipped"] = str(exc)
+    plan.append((Row("pdp AuthorizeBatch(3), 32"), [pdp],
+                 lambda: spread(b.job(pdp, client="raw", op="batch3"), 32, WORKERS)))
+    plan.append((Row("pdp Authorize uncached, 32 (1 process)"), [pdp],
+                 lambda: spread(b.job(pdp, vary=True), 32, WORKERS)))
+    # Several processes on one port (`[server] workers`): the kernel spreads connections, so
+    # each load worker keeps several channels. No core pinning: the servers need both cores.
+    multi: list[ServerProc] = []
+    if processes > 1:
+        multi = [start_pdp(env, "multi", cores=None, bundle=bundle, workers=processes)]
+        plan.append((Row(f"pdp Authorize uncached, 32 ({processes} workers, 1 port)",
+                         "servers and clients share both cores"), multi,
+                     lambda: spread(b.job(multi[0], vary=True, channels=4), 32, WORKERS)))
+    try:
+        result = rounds(b, [(r, s, j) for r, s, j in plan])
+    finally:
+        for s in multi:
+            env.stop(s)
+    _section(b, "Peer comparison and scaling (same client, same run)", result, out, "peers")
+    rows.update({r.name: r for r in result})
+    return rows
+
+
+def big_bundle(bench: Bench, env: BenchEnv, rules: int, out: dict[str, Any]) -> None:
+    """RSS with ``rules`` rules and a full cache; activation time and failed calls under load."""
+    t = time.perf_counter()
+    first = env.sign(f"b{rules}", bundle_json(rules), rules)
+    second = env.sign(f"b{rules}.2", bundle_json(rules, revision="2"), rules)
+    print(f"\n(generated and signed two {rules:,}-rule bundles in "
+          f"{time.perf_counter() - t:.1f} s)", flush=True)
+    server = start_pdp(env, f"big{rules}", cores=SERVER_CORE, cache_size=100_000)
+    try:
+        first_push = env.push(server, first)
+        rss_rules = server.rss()
+        fill = measure(bench, [server], spread(bench.job(
+            server, op="batch", batch=1000, vary=True, max_calls=50, duration=120.0),
+            2, WORKERS))
+        rss_full = server.rss()
+        pushed: dict[str, float] = {}
+        load = measure(bench, [server], spread(bench.job(
+            server, vary=True, duration=max(4.0, first_push * 2.5)), 8, WORKERS),
+            during=lambda: pushed.__setitem__("s", env.push(server, second)))
+        out["resources"] = {
+            "rules": rules, "rss_mb_rules_only": rss_rules / 2**20,
+            "cache_entries_filled": fill.decisions, "rss_mb_full_cache": rss_full / 2**20,
+            "first_push_activate_s": first_push, "activation_under_load_s": pushed["s"],
+            "calls_during_activation": load.calls, "failed_calls": load.errors,
+            "first_error": load.first_error, "p99_ms_during": load.p99_ms}
+        r = out["resources"]
+        text = (f"\n== {rules:,} rules: RSS {r['rss_mb_rules_only']:.0f} MB with the bundle, "
+                f"{r['rss_mb_full_cache']:.0f} MB after {r['cache_entries_filled']:,} cached "
+                f"decisions; activation {r['activation_under_load_s']:.2f} s under load "
+                f"(first push {first_push:.2f} s), {r['calls_during_activation']:,} calls, "
+                f"{r['failed_calls']} failed, p99 {r['p99_ms_during']:.1f} ms")
+        print(text, flush=True)
+        bench.tables.append(text)
+    finally:
+        env.stop(server)
+
+
+def targets(rows: dict[str, Row], out: dict[str, Any]) -> dict[str, Any]:
+    """Each issue-8 target: measured figures and met / not met (None: not measured)."""
+    def m(name: str, attr: str) -> float | None:
+        row = rows.get(name)
+        return row.median(attr) if row is not None and row.rounds else None
+
+    def ratio(a: float | None, b: float | None) -> float | None:
+        return a / b if a is not None and b else None
+
+    t: dict[str, Any] = {}
+    r = ratio(m("Authorize uncached, 1 in flight", "p50_ms"), m("floor no-op, 1 in flight",
+                                                                 "p50_ms"))
+    t["sequential p50 <= 1.05x floor"] = {"ratio": r, "met": r is not None and r <= 1.05}
+    r = ratio(m("Authorize uncached, 32 in flight", "server_cpu_us_per_call"),
+              m("floor no-op, 32 in flight", "server_cpu_us_per_call"))
+    t["server CPU/call <= 1.15x floor"] = {"ratio": r, "met": r is not None and r <= 1.15}
+    cerbos_name = next((n for n in rows if n.startswith("Cerbos")), None)
+    if cerbos_name:
+        r = ratio(m("pdp AuthorizeBatch(3), 32", "server_cpu_us_per_call"),
+                  m(cerbos_name, "server_cpu_us_per_call"))
+        t["CPU/call batch(3) <= Cerbos"] = {"ratio": r, "met": r is not None and r <= 1.0}
+        best = max((m(n, "calls_per_s") or 0.0) for n in rows
+                   if n.startswith("pdp Authorize uncached, 32"))
+        r = ratio(best, m(cerbos_name, "calls_per_s"))
+        t["Authorize calls/s at 32 >= Cerbos"] = {"ratio": r, "met": r is not None and r >= 1}
+    r = ratio(m("AuthorizeBatch(100), 8 in flight", "decisions_per_s"),
+              m("Authorize uncached, 32 in flight", "decisions_per_s"))
+    t["batch(100) >= 20x single decisions/s"] = {"ratio": r, "met": r is not None and r >= 20}
+    res = out.get("resources")
+    if res:
+        t["RSS <= 200 MB (100k rules, full cache)"] = {
+            "mb": res["rss_mb_full_cache"], "met": res["rss_mb_full_cache"] <= 200}
+        t["100k activation <= 3 s, 0 failed"] = {
+            "s": res["activation_under_load_s"], "failed": res["failed_calls"],
+            "met": res["activation_under_load_s"] <= 3 and res["failed_calls"] == 0}
+    print("\n== Targets")
+    for name, v in t.items():
+        figures = ", ".join(f"{k}={x:.3f}" if isinstance(x, float) else f"{k}={x}"
+                            for k, x in v.items() if k != "met")
+        print(f"  [{'met' if v['met'] else 'NOT met'}] {name}: {figures}")
+    return t
+
+
+def run(settings: Settings, *, out_dir: Path = RESULTS, work: Path = WORK) -> dict[str, Any]:
+    """Run every measurement of ``settings``; write and return the results."""
+    started = time.perf_counter()
+    shutil.rmtree(work / "servers", ignore_errors=True)
+    env = BenchEnv(work)
+    out: dict[str, Any] = {"name": settings.name, "machine": machine(),
+                           "settings": settings.__dict__,
+                           "command": f"make bench{'-quick' if settings.name == 'quick' else ''}"}
+    print(f"pdp benchmarks ({settings.name}): {out['machine']}", flush=True)
+    pool = LoadPool(WORKERS, core=CLIENT_CORE)
+    bench = Bench(env, pool, settings.rounds, settings.seconds, client_cores=1)
+    rows: dict[str, Row] = {}
+    try:
+        b1k = env.sign("b1000", bundle_json(1000), 1000)
+        floor = start_floor(env, "floor", cores=SERVER_CORE)
+        plain = start_floor(env, "floor-plain", cores=SERVER_CORE, plaintext=True)
+        pdp = start_pdp(env, "pdp", cores=SERVER_CORE, bundle=b1k)
+        rows.update(core_rows(bench, floor, plain, pdp, out))
+        small = start_pdp(env, "pdp10", cores=SERVER_CORE,
+                          bundle=env.sign("b10", bundle_json(10), 10))
+        bundle_rows(bench, {10: small, 1000: pdp}, out)
+        env.stop(small)
+        rows.update(batch_rows(bench, pdp, out))
+        out["tls_handshake"] = {"mtls": handshakes(env, floor, settings.handshakes),
+                                "plaintext": handshakes(env, plain, settings.handshakes,
+                                                        tls=False)}
+        out["tokens"] = token_verification(work, settings.tokens)
+        issue = rounds(bench, [(Row("IssueServiceToken, 1 in flight"), [pdp],
+                                lambda: [bench.job(pdp, op="token", inflight=1)])])
+        _section(bench, "IssueServiceToken", issue, out, "issue_token")
+        text = (f"\n== TLS: new mTLS connection {out['tls_handshake']['mtls']['p50_ms']:.2f} ms "
+                f"p50 (plaintext {out['tls_handshake']['plaintext']['p50_ms']:.2f} ms); token "
+                f"verify {out['tokens']['verify_p50_us']:.0f} us p50 in-process, issue "
+                f"{out['tokens']['issue_us']:.0f} us")
+        print(text, flush=True)
+        bench.tables.append(text)
+        monitoring_rows(bench, env, b1k, settings.name == "full", out)
+        if settings.peers:
+            rows.update(peer_rows(bench, env, pdp, b1k, settings.multiprocess, out))
+        if settings.big_rules:
+            big_bundle(bench, env, settings.big_rules, out)
+        out["targets"] = targets(rows, out)
+    finally:
+        pool.close()
+        stop_all(env.servers)
+    out["wall_seconds"] = time.perf_counter() - started
+    out["tables"] = bench.tables
+    write_json(out_dir / f"{settings.name}.json", out)
+    print(f"\nwrote {out_dir / (settings.name + '.json')} in {out['wall_seconds']:.0f} s")
+    return out
+
+
+def main(argv: list[str] | None = None) -> int:
+    """Parse --quick / --full (and --rounds/--seconds overrides); run."""
+    p = argparse.ArgumentParser(prog="python -m benchmarks.run")
+    mode = p.add_mutually_exclusive_group(required=True)
+    mode.add_argument("--quick", action="store_true", help="under 2 minutes")
+    mode.add_argument("--full", action="store_true", help="everything, 100,000-rule bundles")
+    p.add_argument("--rounds", type=int, help="override the number of rounds")
+    p.add_argument("--seconds", type=float, help="override the window length")
+    p.add_argument("--no-peers", action="store_true", help="skip Cerbos and multi-process")
+    args = p.parse_args(argv)
+    settings = FULL if args.full else QUICK
+    changes: dict[str, Any] = {}
+    if args.rounds:
+        changes["rounds"] = args.rounds
+    if args.seconds:
+        changes["seconds"] = args.seconds
+    if args.no_peers:
+        changes["peers"] = False
+    settings = Settings(**{**settings.__dict__, **changes})
+    try:
+        run(settings)
+    except RuntimeError as exc:
+        print(f"benchmarks: {exc}", file=sys.stderr)
+        return 1
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())

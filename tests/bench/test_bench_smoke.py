@@ -1,0 +1,69 @@
+"""Smoke test of the benchmark harness: the quick run, briefly, end to end, so it cannot rot.
+
+Real server processes over real mTLS on 127.0.0.1; figures are not asserted, only that every
+measurement ran, produced calls, saw no failed call and wrote its JSON.
+"""
+
+from __future__ import annotations
+
+import json
+from dataclasses import replace
+from pathlib import Path
+
+import pytest
+
+from benchmarks.bundles import bundle_json
+from benchmarks.harness import BenchEnv, start_pdp, stop_all
+from benchmarks.load import LoadPool
+from benchmarks.report import percentile
+from benchmarks.run import QUICK, run
+from benchmarks.scenarios import Bench, measure, spread
+
+
+def test_percentile_is_nearest_rank() -> None:
+    values = [float(v) for v in range(1, 101)]
+    assert percentile(values, 50) == 50.0
+    assert percentile(values, 99) == 99.0
+    assert percentile([], 50) == 0.0
+
+
+def test_bundle_generator_sizes() -> None:
+    assert json.loads(bundle_json(10))["rules"][-1]["id"] == "read-docs"
+    assert len(json.loads(bundle_json(1000))["rules"]) == 1000
+    with pytest.raises(ValueError):
+        bundle_json(2)
+
+
+@pytest.mark.slow
+def test_quick_run_end_to_end(tmp_path: Path) -> None:
+    settings = replace(QUICK, rounds=1, seconds=0.2, handshakes=3, tokens=5, peers=False)
+    out = run(settings, out_dir=tmp_path / "results", work=tmp_path / "work")
+    written = json.loads((tmp_path / "results" / "quick.json").read_text())
+    assert written["name"] == "quick"
+    sections = [out[k] for k in ("core", "bundles", "batch", "monitoring", "issue_token")]
+    for rows in sections:
+        for row in rows:
+            assert row["errors"] == 0, row
+            assert row["rounds"][0]["calls"] > 0, row
+            assert row["median"]["server_cpu_us_per_call"] > 0, row
+    assert out["tls_handshake"]["mtls"]["p50_ms"] > 0
+    assert out["tokens"]["verify_p50_us"] > 0
+    assert "sequential p50 <= 1.05x floor" in out["targets"]
+
+
+@pytest.mark.slow
+def test_wrong_decisions_count_as_failed_calls(tmp_path: Path) -> None:
+    """A server that answers DENY where ALLOW is expected must show as failed calls, never as
+    throughput: a broken bundle cannot make a benchmark look good."""
+    env = BenchEnv(tmp_path)
+    deny_all = env.sign("deny", b'{"metadata": {"name": "deny", "revision": "1"}, "rules": '
+                        b'[{"id": "no", "effect": "deny", "actions": ["*"]}]}', 1)
+    pool = LoadPool(1, core=None)
+    try:
+        server = start_pdp(env, "deny", cores=None, bundle=deny_all)
+        bench = Bench(env, pool, rounds=1, seconds=0.2, client_cores=1)
+        with pytest.raises(RuntimeError, match="unexpected DENY"):
+            measure(bench, [server], spread(bench.job(server), 1, 1))
+    finally:
+        pool.close()
+        stop_all(env.servers)
