@@ -1,0 +1,1 @@
+"""Tests that keep the documentation, the example config and the Dockerfile honest."""
