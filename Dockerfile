@@ -34,7 +34,8 @@ ENV PYTHONDONTWRITEBYTECODE=1 \
 RUN groupadd --system --gid 10001 pdp \
     && useradd --system --uid 10001 --gid 10001 --home-dir /var/lib/pdp --no-create-home \
        --shell /usr/sbin/nologin pdp
-# Only the wheels built above, no index: what was built is what runs.
+# Only the wheels built above, no index: what was built is what runs (so no version pins).
+# hadolint ignore=DL3013
 RUN --mount=type=bind,from=builder,source=/wheels,target=/wheels \
     python -m pip install --no-index --find-links /wheels pdp pdp-client \
     && install -d -o 10001 -g 10001 -m 0700 /var/lib/pdp \
