@@ -71,7 +71,9 @@ def rfc3339(seconds: float) -> str:
 def redact(value: Any) -> Any:
     """``value`` with any string that looks like a JWT or a PEM block replaced."""
     if isinstance(value, str):
-        if _JWT_RE.search(value) or _PEM_RE.search(value):
+        # Substring tests first: they are C-speed, and nearly every value passes them.
+        if ("eyJ" in value and _JWT_RE.search(value)) or (
+                "-----BEGIN" in value and _PEM_RE.search(value)):
             return REDACTED
         return value
     if isinstance(value, Mapping):

@@ -5,10 +5,9 @@ detectors, incidents deduplicated with a cooldown, alerts fanned out to sinks, q
 from __future__ import annotations
 
 import logging
-import queue
 import threading
 import uuid
-from collections import OrderedDict
+from collections import OrderedDict, deque
 from collections.abc import Callable, Sequence
 from dataclasses import dataclass, field, replace
 from typing import Any
@@ -17,7 +16,7 @@ from pdp.clock import Clock
 from pdp.detect._alerts import Alert, AlertSink
 from pdp.detect._config import DetectionConfig
 from pdp.detect._detectors import RELEVANT_TYPES, Detector, Hit, build_detectors
-from pdp.events import Event
+from pdp.events import Event, EventType
 
 __all__ = ["DetectionPipeline", "DetectionStats", "QuarantineFn"]
 
@@ -27,6 +26,7 @@ log = logging.getLogger("pdp.detect")
 QuarantineFn = Callable[[str, float, str], None]
 
 _STOP = object()
+POLL_INTERVAL = 0.02  # seconds: how stale a decision may be when the detectors see it
 
 
 @dataclass(frozen=True, slots=True)
@@ -81,7 +81,11 @@ class DetectionPipeline:
         self._quarantine = quarantine
         self._sinks: list[AlertSink] = list(sinks)
         self._detectors: list[Detector] = build_detectors(config) if config.enabled else []
-        self._queue: queue.Queue[object] = queue.Queue(maxsize=config.queue_size)
+        # A deque the worker drains every POLL_INTERVAL: appending costs the Authorize hot
+        # path ~0.1 µs, where a queue.Queue put (lock, condition, a wake-up per event)
+        # measured several µs of server CPU per decision.
+        self._queue: deque[object] = deque()
+        self._wake = threading.Event()
         self._incidents: OrderedDict[tuple[str, str], _Incident] = OrderedDict()
         self._lock = threading.Lock()  # guards the incidents and the counters
         self._closed = False
@@ -101,12 +105,13 @@ class DetectionPipeline:
         try:
             if not self._detectors or event.type not in RELEVANT_TYPES:
                 return
-            if self._closed:
-                raise queue.Full
-            self._queue.put_nowait(event)
-        except queue.Full:
-            with self._lock:
-                self._dropped += 1
+            if self._closed or len(self._queue) >= self._config.queue_size:
+                with self._lock:
+                    self._dropped += 1
+                return
+            self._queue.append(event)
+            if event.type is not EventType.DECISION:
+                self._wake.set()  # rare and urgent (auth failures): no need to wait a poll
         except Exception:  # pragma: no cover - the caller is Authorize: never break it
             log.exception("detection emit failed")
 
@@ -122,12 +127,10 @@ class DetectionPipeline:
     def flush(self, timeout: float = 5.0) -> bool:
         """Wait until every event queued before this call is processed; False on timeout."""
         if self._thread is None or not self._thread.is_alive():
-            return self._queue.empty()
+            return not self._queue
         done = threading.Event()
-        try:
-            self._queue.put(done, timeout=timeout)
-        except queue.Full:
-            return False
+        self._queue.append(done)
+        self._wake.set()
         return done.wait(timeout)
 
     def close(self, timeout: float = 5.0) -> None:
@@ -137,11 +140,11 @@ class DetectionPipeline:
                 return
             self._closed = True
         if self._thread is not None:
-            try:
-                self._queue.put(_STOP, timeout=timeout)
-            except queue.Full:
-                log.warning("detection queue still full at close; pending events dropped")
+            self._queue.append(_STOP)
+            self._wake.set()
             self._thread.join(timeout)
+            if self._thread.is_alive():
+                log.warning("detection did not finish its queue at close; pending events dropped")
         for sink in self._sinks:
             try:
                 sink.close()
@@ -165,7 +168,7 @@ class DetectionPipeline:
         with self._lock:
             self._expire(self._clock())
             return DetectionStats(
-                queued=self._queue.qsize(),
+                queued=len(self._queue),
                 dropped=self._dropped,
                 processed=self._processed,
                 alerts=self._alerts,
@@ -180,8 +183,13 @@ class DetectionPipeline:
     # --- the worker ----------------------------------------------------------------------
 
     def _run(self) -> None:
+        pending = self._queue
         while True:
-            item = self._queue.get()
+            if not pending:
+                self._wake.wait(POLL_INTERVAL)
+                self._wake.clear()
+                continue
+            item = pending.popleft()
             if item is _STOP:
                 return
             if isinstance(item, threading.Event):

@@ -11,7 +11,7 @@ import itertools
 import os
 import time
 from collections.abc import Callable
-from typing import Any
+from typing import Any, NamedTuple
 
 import grpc
 
@@ -28,7 +28,13 @@ from pdp.policy import Decision, Effect, PolicyEngine, Request
 from pdp.security.identity import Peer
 from pdp.security.tokens import TokenVerifier
 from pdp.server.access import CallerGate, peer_ip
-from pdp.server.convert import decision_to_pb, request_parts, to_policy_request
+from pdp.server.convert import (
+    Defaults,
+    convert_defaults,
+    decision_to_pb,
+    service_token_of,
+    to_policy_request,
+)
 from pdp.server.status import abort_with
 from pdp.telemetry import Telemetry
 from pdp_client._proto import authorization_pb2 as pb
@@ -40,6 +46,15 @@ AUTHORIZE = "/pdp.v1.Authorization/Authorize"
 AUTHORIZE_BATCH = "/pdp.v1.Authorization/AuthorizeBatch"
 EXPLAIN = "explain"
 _NOT_EVALUATED = frozenset({"quarantined", "no active bundle"})
+
+
+class _Call(NamedTuple):
+    """What one RPC's decisions share: the caller, its address and one "now"."""
+
+    peer: Peer
+    address: str
+    ip: str | None
+    now: float
 
 
 class AuthorizationService(pb_grpc.AuthorizationServicer):
@@ -82,7 +97,8 @@ class AuthorizationService(pb_grpc.AuthorizationServicer):
         with self._telemetry.rpc_span(AUTHORIZE, self._metadata(context)) as span:
             try:
                 self._check_fresh(request.min_bundle_sequence)
-                response = self._decide(request, None, peer, context, explain=request.explain)
+                response = self._decide(request, None, self._call(peer, context),
+                                        explain=request.explain)
             except PdpError as exc:
                 span.error(exc)
                 abort_with(context, exc)
@@ -105,13 +121,15 @@ class AuthorizationService(pb_grpc.AuthorizationServicer):
                     raise RequestTooLargeError(
                         f"{count} requests; at most {self._max_batch} per batch",
                         field="requests")
-                defaults = request.defaults if request.HasField("defaults") else None
+                defaults = (convert_defaults(request.defaults)
+                            if request.HasField("defaults") else None)
                 minimum = max([r.min_bundle_sequence for r in request.requests]
                               + [defaults.min_bundle_sequence if defaults else 0])
                 self._check_fresh(minimum)
+                # One caller, one address and one "now" for the whole batch.
+                call = self._call(peer, context)
                 responses = [
-                    self._decide(item, defaults, peer, context, explain=False,
-                                 where=f"requests[{i}].")
+                    self._decide(item, defaults, call, explain=False, where=f"requests[{i}].")
                     for i, item in enumerate(request.requests)
                 ]
             except PdpError as exc:
@@ -136,27 +154,30 @@ class AuthorizationService(pb_grpc.AuthorizationServicer):
                     f"this replica serves bundle sequence {have}, older than the requested "
                     f"{minimum}; retry shortly or on another replica")
 
+    def _call(self, peer: Peer, context: grpc.ServicerContext) -> _Call:
+        address = context.peer()
+        return _Call(peer, address, peer_ip(address), self._clock())
+
     def _decide(
         self,
         item: pb.AuthorizeRequest,
-        defaults: pb.AuthorizeRequest | None,
-        peer: Peer,
-        context: grpc.ServicerContext,
+        defaults: Defaults | None,
+        call: _Call,
         *,
         explain: bool,
         where: str = "",
     ) -> pb.AuthorizeResponse:
         started = time.perf_counter()
-        now = self._clock()
-        subject, action, resource, ctx, token = request_parts(item, defaults)
+        peer, now = call.peer, call.now
+        token = service_token_of(item, defaults)
         token_subject: str | None = None
         token_error: TokenError | None = None
         if token:
-            token_subject, token_error = self._verify_token(token, peer, context, now)
+            token_subject, token_error = self._verify_token(token, call)
             if token_error is not None:
                 token_subject = ""  # never fall back to the request's own subject
-        req = to_policy_request(subject, action, resource, ctx, peer_ip=peer_ip(context.peer()),
-                                token_subject=token_subject, where=where)
+        req = to_policy_request(item, defaults, peer_ip=call.ip, token_subject=token_subject,
+                                where=where)
         policy = self._engine.policy
         decision: Decision
         traces: list[Any] = []
@@ -171,7 +192,7 @@ class AuthorizationService(pb_grpc.AuthorizationServicer):
         else:
             decision = self._engine.decide(req, now=now)
         decision_id = f"{self._id_prefix}-{next(self._ids)}"
-        if not self._record(decision, decision_id, req, peer, context, now):
+        if not self._record(decision, decision_id, req, call):
             decision = Decision(Effect.DENY, "", "audit unavailable", decision.bundle_version)
         elif (self.shadow is not None and token_error is None
               and decision.reason not in _NOT_EVALUATED):
@@ -187,9 +208,7 @@ class AuthorizationService(pb_grpc.AuthorizationServicer):
                                      detail=trace.detail)
         return response
 
-    def _verify_token(
-        self, token: str, peer: Peer, context: grpc.ServicerContext, now: float
-    ) -> tuple[str | None, TokenError | None]:
+    def _verify_token(self, token: str, call: _Call) -> tuple[str | None, TokenError | None]:
         if self._tokens is None:
             return None, TokenError("service tokens are not accepted by this PDP")
         try:
@@ -198,22 +217,19 @@ class AuthorizationService(pb_grpc.AuthorizationServicer):
             kind = getattr(exc, "code", "invalid")
             self._telemetry.record_auth_failure(f"token.{kind}")
             event = Event(
-                type=EventType.AUTH_FAILURE_TOKEN, time=now, severity=Severity.WARNING,
-                actor=peer.identity, peer=context.peer(), outcome="failure",
+                type=EventType.AUTH_FAILURE_TOKEN, time=call.now, severity=Severity.WARNING,
+                actor=call.peer.identity, peer=call.address, outcome="failure",
                 details={"kind": kind, "reason": exc.reason, "jti": getattr(exc, "jti", "")},
             )
             with contextlib.suppress(AuditUnavailableError):  # the decision is a DENY anyway
                 self._events.emit(event)
             return None, exc
 
-    def _record(
-        self, decision: Decision, decision_id: str, req: Request, peer: Peer,
-        context: grpc.ServicerContext, now: float,
-    ) -> bool:
+    def _record(self, decision: Decision, decision_id: str, req: Request, call: _Call) -> bool:
         """Queue the decision's audit event; False when the audit trail refused it."""
         event = Event(
-            type=EventType.DECISION, time=now, event_id=decision_id,
-            severity=Severity.INFO, actor=peer.identity, peer=context.peer(),
+            type=EventType.DECISION, time=call.now, event_id=decision_id,
+            severity=Severity.INFO, actor=call.peer.identity, peer=call.address,
             outcome="allow" if decision.effect is Effect.ALLOW else "deny",
             details={
                 "subject": req.subject.id, "subject_type": req.subject.type,

@@ -6,6 +6,8 @@ checked as they are converted; a fault is a RequestError naming the field.
 
 from __future__ import annotations
 
+from collections.abc import Mapping
+from dataclasses import dataclass
 from typing import Any
 
 from google.protobuf import struct_pb2
@@ -14,7 +16,15 @@ from pdp.errors import RequestError
 from pdp.policy import Action, Decision, Effect, Request, Resource, Subject
 from pdp_client._proto import authorization_pb2 as pb
 
-__all__ = ["EMPTY", "decision_to_pb", "request_parts", "struct_to_dict", "to_policy_request"]
+__all__ = [
+    "EMPTY",
+    "Defaults",
+    "convert_defaults",
+    "decision_to_pb",
+    "service_token_of",
+    "struct_to_dict",
+    "to_policy_request",
+]
 
 EMPTY: dict[str, Any] = {}
 MAX_ID_LENGTH = 1024  # subject ids, resource ids, action names, types
@@ -40,20 +50,28 @@ def _value(value: struct_pb2.Value) -> Any:
     return None
 
 
-def request_parts(
-    item: pb.AuthorizeRequest, defaults: pb.AuthorizeRequest | None
-) -> tuple[pb.Subject, pb.Action, pb.Resource, struct_pb2.Struct | None, str]:
-    """The effective subject, action, resource, context and token of a (batch) item."""
-    if defaults is None:
-        return (item.subject, item.action, item.resource,
-                item.context if item.HasField("context") else None, item.service_token)
-    return (
-        item.subject if item.HasField("subject") else defaults.subject,
-        item.action if item.HasField("action") else defaults.action,
-        item.resource if item.HasField("resource") else defaults.resource,
-        item.context if item.HasField("context") else (
-            defaults.context if defaults.HasField("context") else None),
-        item.service_token or defaults.service_token,
+@dataclass(frozen=True, slots=True)
+class Defaults:
+    """A batch's shared defaults, converted once for every item that leaves a field unset."""
+
+    subject: Subject | None
+    action: Action | None
+    resource: Resource | None
+    context: Mapping[str, Any] | None
+    service_token: str
+    min_bundle_sequence: int
+
+
+def convert_defaults(defaults: pb.AuthorizeRequest) -> Defaults:
+    """Convert the fields ``defaults`` sets; raise RequestError naming ``defaults.<field>``."""
+    where = "defaults."
+    return Defaults(
+        _subject(defaults.subject, where) if defaults.HasField("subject") else None,
+        _action(defaults.action, where) if defaults.HasField("action") else None,
+        _resource(defaults.resource, where) if defaults.HasField("resource") else None,
+        struct_to_dict(defaults.context) if defaults.HasField("context") else None,
+        defaults.service_token,
+        defaults.min_bundle_sequence,
     )
 
 
@@ -65,11 +83,37 @@ def _checked(value: str, field: str, *, required: bool) -> str:
     return value
 
 
+def _subject(subject: pb.Subject, where: str) -> Subject:
+    return Subject(
+        _checked(subject.type, f"{where}subject.type", required=True),
+        _checked(subject.id, f"{where}subject.id", required=True),
+        struct_to_dict(subject.properties) if subject.HasField("properties") else EMPTY,
+    )
+
+
+def _action(action: pb.Action, where: str) -> Action:
+    return Action(
+        _checked(action.name, f"{where}action.name", required=True),
+        struct_to_dict(action.properties) if action.HasField("properties") else EMPTY,
+    )
+
+
+def _resource(resource: pb.Resource, where: str) -> Resource:
+    return Resource(
+        _checked(resource.type, f"{where}resource.type", required=True),
+        _checked(resource.id, f"{where}resource.id", required=False),
+        struct_to_dict(resource.properties) if resource.HasField("properties") else EMPTY,
+    )
+
+
+def service_token_of(item: pb.AuthorizeRequest, defaults: Defaults | None) -> str:
+    """The item's service token, else the batch default's."""
+    return item.service_token or (defaults.service_token if defaults is not None else "")
+
+
 def to_policy_request(
-    subject: pb.Subject,
-    action: pb.Action,
-    resource: pb.Resource,
-    context: struct_pb2.Struct | None,
+    item: pb.AuthorizeRequest,
+    defaults: Defaults | None,
     *,
     peer_ip: str | None,
     token_subject: str | None = None,
@@ -77,27 +121,30 @@ def to_policy_request(
 ) -> Request:
     """Build the engine's Request; raise RequestError naming the missing or bad field.
 
-    ``token_subject`` is the verified ``sub`` of a service token: it replaces the
-    request's subject entirely (type "service", no properties), never merges with it.
+    A field the item leaves unset comes from ``defaults`` (a batch). ``token_subject`` is
+    the verified ``sub`` of a service token: it replaces the request's subject entirely
+    (type "service", no properties), never merges with it.
     """
     if token_subject is not None:
         subj = Subject("service", token_subject, EMPTY)
+    elif defaults is not None and defaults.subject is not None and not item.HasField("subject"):
+        subj = defaults.subject
     else:
-        subj = Subject(
-            _checked(subject.type, f"{where}subject.type", required=True),
-            _checked(subject.id, f"{where}subject.id", required=True),
-            struct_to_dict(subject.properties) if subject.HasField("properties") else EMPTY,
-        )
-    act = Action(
-        _checked(action.name, f"{where}action.name", required=True),
-        struct_to_dict(action.properties) if action.HasField("properties") else EMPTY,
-    )
-    res = Resource(
-        _checked(resource.type, f"{where}resource.type", required=True),
-        _checked(resource.id, f"{where}resource.id", required=False),
-        struct_to_dict(resource.properties) if resource.HasField("properties") else EMPTY,
-    )
-    ctx = struct_to_dict(context) if context is not None else EMPTY
+        subj = _subject(item.subject, where)
+    if defaults is not None and defaults.action is not None and not item.HasField("action"):
+        act = defaults.action
+    else:
+        act = _action(item.action, where)
+    if defaults is not None and defaults.resource is not None and not item.HasField("resource"):
+        res = defaults.resource
+    else:
+        res = _resource(item.resource, where)
+    if item.HasField("context"):
+        ctx: Mapping[str, Any] = struct_to_dict(item.context)
+    elif defaults is not None and defaults.context is not None:
+        ctx = defaults.context
+    else:
+        ctx = EMPTY
     return Request(subj, act, res, ctx, peer_ip)
 
 

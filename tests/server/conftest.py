@@ -117,7 +117,7 @@ class Harness:
         data = text.encode() if isinstance(text, str) else text
         response: admin_pb2.PushBundleResponse = self.admin().PushBundle(
             admin_pb2.PushBundleRequest(bundle=data, signature=self.sign(data), key_id="test",
-                                        activate=activate), timeout=10)
+                                        activate=activate), timeout=60)
         return response
 
     def close(self) -> None:

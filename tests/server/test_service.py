@@ -194,12 +194,15 @@ def test_activation_under_load_loses_no_call_and_mixes_no_versions(harness: Harn
     threads = [threading.Thread(target=caller) for _ in range(4)]
     for t in threads:
         t.start()
-    pushed = [harness.push(TEST_BUNDLE.replace('revision: "1"', f'revision: "r{i}"'))
-              for i in range(3)]
-    harness.admin().ActivateBundle(admin_pb2.ActivateBundleRequest(version=v1), timeout=5)
-    stop.set()
-    for t in threads:
-        t.join()
+    try:
+        pushed = [harness.push(TEST_BUNDLE.replace('revision: "1"', f'revision: "r{i}"'))
+                  for i in range(3)]
+        # Generous deadline: the callers run in this same process and compete for its GIL.
+        harness.admin().ActivateBundle(admin_pb2.ActivateBundleRequest(version=v1), timeout=60)
+    finally:
+        stop.set()
+        for t in threads:
+            t.join()
     assert failures == []
     assert versions <= {v1} | {p.bundle.version for p in pushed}
     assert len(versions) >= 2
