@@ -169,20 +169,22 @@ class AuditLog:
         fail_open = self.config.fail_open
         if not self.healthy and not fail_open:
             raise AuditUnavailableError(f"audit unavailable: {self.last_error}")
-        with self._cond:
-            if self._closing or not self._started:
-                if fail_open:
-                    self.lost += 1
-                    return
-                raise AuditUnavailableError("audit unavailable: log not running")
-            if len(self._pending) >= self.config.queue_size:
-                if fail_open:
-                    self.lost += 1
-                    return
-                raise AuditUnavailableError("audit unavailable: queue full")
-            self._pending.append(event)
-            depth = len(self._pending)
-            if depth == 1 or depth >= self.config.batch_max:
+        # No lock on this path (it runs once per decision on every gRPC thread): deque
+        # append and len are atomic, and a lock here made the handler threads convoy.
+        # The server stops taking calls before close(), so no decision races the close.
+        if self._closing or not self._started:
+            if fail_open:
+                self.lost += 1
+                return
+            raise AuditUnavailableError("audit unavailable: log not running")
+        if len(self._pending) >= self.config.queue_size:
+            if fail_open:
+                self.lost += 1
+                return
+            raise AuditUnavailableError("audit unavailable: queue full")
+        self._pending.append(event)
+        if len(self._pending) >= self.config.batch_max:
+            with self._cond:  # a full batch: write it now rather than at the next tick
                 self._cond.notify()
 
     def _emit_sync(self, event: Event) -> None:
@@ -213,7 +215,9 @@ class AuditLog:
             with self._cond:
                 if not self._pending and not self._closing:
                     # While unhealthy, wake up to probe even with nothing queued.
-                    self._cond.wait(None if self.healthy else RETRY_INTERVAL)
+                    # A timed wait: emit() does not signal every event, the writer polls.
+                    self._cond.wait(self.config.flush_interval if self.healthy
+                                    else RETRY_INTERVAL)
                 if self._closing and not self._pending:
                     return
                 if (

@@ -6,8 +6,8 @@ validity against the injected clock, and the current CRL (connections outlive bo
 
 from __future__ import annotations
 
+import contextlib
 import hashlib
-import threading
 from collections import OrderedDict
 from dataclasses import dataclass
 from typing import Any, Protocol
@@ -113,7 +113,6 @@ class PeerVerifier:
         self._clock = clock
         self._cache_size = cache_size
         self._cache: OrderedDict[bytes, _Parsed] = OrderedDict()
-        self._lock = threading.Lock()
 
     def verify(self, context: Any) -> Peer:
         """Verify the caller of ``context`` (a grpc.ServicerContext) and return it.
@@ -140,16 +139,21 @@ class PeerVerifier:
                     parsed.not_after, parsed.fingerprint, context.peer())
 
     def _parsed(self, pem: bytes) -> _Parsed:
-        with self._lock:
-            hit = self._cache.get(pem)
-            if hit is not None:
-                self._cache.move_to_end(pem)
-                return hit
+        # No lock: each OrderedDict call below is atomic under the GIL, and this runs on
+        # every call of every gRPC thread (a lock here made the threads convoy).
+        cache = self._cache
+        hit = cache.get(pem)
+        if hit is not None:
+            with contextlib.suppress(KeyError):  # evicted meanwhile by another thread
+                cache.move_to_end(pem)
+            return hit
         parsed = _parse(pem)
-        with self._lock:
-            self._cache[pem] = parsed
-            if len(self._cache) > self._cache_size:
-                self._cache.popitem(last=False)
+        cache[pem] = parsed
+        while len(cache) > self._cache_size:
+            try:
+                cache.popitem(last=False)
+            except KeyError:  # emptied meanwhile by another thread
+                break
         return parsed
 
 
