@@ -29,6 +29,9 @@ RELEVANT_TYPES = frozenset(
 )
 
 _ADMIN_METHOD_PREFIX = "/pdp.v1.Admin/"
+# The `kind` of a replayed service token: the server reports TokenError.code, and a replay
+# is pdp.security.tokens.TokenReplayError, code "replayed_jti".
+REPLAY_KIND = "replayed_jti"
 
 
 @dataclass(frozen=True, slots=True, kw_only=True)
@@ -129,7 +132,7 @@ def _auth_failure(event: Event) -> list[tuple[str, str, dict[str, Any]]]:
 
 def _token_replay(event: Event) -> list[tuple[str, str, dict[str, Any]]]:
     replay = event.type is EventType.TOKEN_REPLAY or (
-        event.type is EventType.AUTH_FAILURE_TOKEN and event.details.get("kind") == "replay"
+        event.type is EventType.AUTH_FAILURE_TOKEN and event.details.get("kind") == REPLAY_KIND
     )
     if not replay:
         return []

@@ -21,6 +21,7 @@ from pdp.errors import CertificateError
 
 __all__ = [
     "Peer",
+    "PeerCertificateError",
     "PeerVerifier",
     "RevocationSource",
     "StaticRevocation",
@@ -65,6 +66,19 @@ class Peer:
     not_after: float  # end of validity, seconds since the epoch
     fingerprint: str  # sha256 of the DER certificate, lowercase hex
     address: str  # the connection's address as gRPC reports it, e.g. "ipv4:127.0.0.1:5555"
+
+
+class PeerCertificateError(CertificateError):
+    """A caller's certificate was refused on a call; ``kind`` says why, for detectors.
+
+    ``kind`` is one of not_tls13, no_certificate, not_yet_valid, expired, revoked.
+    """
+
+    def __init__(self, kind: str, reason: str, *, identity: str = "", serial: int = 0) -> None:
+        super().__init__(reason)
+        self.kind = kind
+        self.identity = identity
+        self.serial = serial
 
 
 class RevocationSource(Protocol):
@@ -122,19 +136,25 @@ class PeerVerifier:
         """
         auth = context.auth_context()
         if auth.get("ssl_tls_version") != _TLS13:
-            raise CertificateError("connection is not TLS 1.3")
+            raise PeerCertificateError("not_tls13", "connection is not TLS 1.3")
         pems = auth.get("x509_pem_cert")
         if not pems:
-            raise CertificateError("no client certificate")
+            raise PeerCertificateError("no_certificate", "no client certificate")
         parsed = self._parsed(pems[0])
         now = self._clock()
         if now < parsed.not_before:
-            raise CertificateError(f"client certificate of {parsed.identity} is not yet valid")
+            raise PeerCertificateError(
+                "not_yet_valid", f"client certificate of {parsed.identity} is not yet valid",
+                identity=parsed.identity, serial=parsed.serial)
         if now >= parsed.not_after:
-            raise CertificateError(f"client certificate of {parsed.identity} has expired")
+            raise PeerCertificateError(
+                "expired", f"client certificate of {parsed.identity} has expired",
+                identity=parsed.identity, serial=parsed.serial)
         if parsed.serial in self._revocation.revoked_serials():
-            raise CertificateError(
-                f"client certificate of {parsed.identity} is revoked (serial {parsed.serial:#x})")
+            raise PeerCertificateError(
+                "revoked",
+                f"client certificate of {parsed.identity} is revoked (serial {parsed.serial:#x})",
+                identity=parsed.identity, serial=parsed.serial)
         return Peer(parsed.identity, parsed.spiffe_id, parsed.common_name, parsed.serial,
                     parsed.not_after, parsed.fingerprint, context.peer())
 

@@ -22,6 +22,7 @@ from cryptography.hazmat.primitives import serialization
 from cryptography.hazmat.primitives.asymmetric import ec, rsa
 from jwt.algorithms import ECAlgorithm, RSAAlgorithm
 
+from pdp import files
 from pdp.clock import Clock
 from pdp.errors import ConfigError
 
@@ -113,27 +114,8 @@ class KeyInfo:
 
 
 def atomic_write(path: Path, data: bytes, *, mode: int) -> None:
-    """Write ``data`` to ``path`` atomically: temp file, fsync, rename, fsync dir.
-
-    Raises OSError.
-    """
-    tmp = path.with_name(f".tmp-{secrets.token_hex(8)}-{path.name}")
-    fd = os.open(tmp, os.O_WRONLY | os.O_CREAT | os.O_EXCL, mode)
-    try:
-        with os.fdopen(fd, "wb") as fh:
-            fh.write(data)
-            fh.flush()
-            os.fsync(fh.fileno())
-        os.replace(tmp, path)
-    except BaseException:
-        with contextlib.suppress(FileNotFoundError):
-            os.unlink(tmp)
-        raise
-    dfd = os.open(path.parent, os.O_RDONLY)
-    try:
-        os.fsync(dfd)
-    finally:
-        os.close(dfd)
+    """Write ``data`` to ``path`` crash-safely (temp, fsync, rename); raises OSError."""
+    files.write_atomic(path, data, mode=mode)
 
 
 def _number(meta: dict[str, Any], name: str, *, optional: bool = False) -> float | None:

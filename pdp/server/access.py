@@ -127,8 +127,8 @@ class CallerGate:
             self._refuse(context, exc, Event(
                 type=EventType.AUTH_FAILURE_CERT, time=self._clock(), severity=Severity.WARNING,
                 actor=getattr(exc, "identity", ""), peer=context.peer(), outcome="failure",
-                details={"kind": getattr(exc, "kind", "certificate"), "reason": exc.reason,
-                         "serial": str(getattr(exc, "serial", "")), "method": method,
+                details={"kind": getattr(exc, "kind", "invalid"), "reason": exc.reason,
+                         "serial": f"{getattr(exc, 'serial', 0):#x}", "method": method,
                          "listener": self._listener},
             ))
         if self._networks and not self._peer_allowed(context.peer()):

@@ -56,6 +56,7 @@ __all__ = ["PDPServer"]
 log = logging.getLogger(__name__)
 
 HEALTH_INTERVAL = 0.5  # seconds between health / quarantine-expiry checks
+KEY_PRUNE_INTERVAL = 60.0  # seconds between removals of retired token-signing keys
 
 
 class PDPServer:
@@ -137,6 +138,7 @@ class PDPServer:
         self._stopping = threading.Event()
         self._monitor: threading.Thread | None = None
         self._lock_fd: int | None = None
+        self._active_kid = ""
 
     def _gate(self, listener: str, policy: CompiledPolicy, cidrs: tuple[str, ...]) -> CallerGate:
         return CallerGate(listener=listener, peers=self.peers, system_policy=policy,
@@ -156,7 +158,7 @@ class PDPServer:
         self.shadow.start()
         if self.detection is not None:
             self.detection.start()
-        self.keys.ensure_active()
+        self._active_kid = self.keys.ensure_active()
         try:
             self.manager.sync()
         except PdpError as exc:
@@ -272,10 +274,16 @@ class PDPServer:
 
     def _watch_health(self) -> None:
         store_down = False
+        next_prune = 0.0
         while not self._stopping.wait(HEALTH_INTERVAL):
             try:
                 self._update_health()
                 self.manager.sync_if_changed()
+                self._watch_keys()
+                if self.config.server.serve_admin and time.monotonic() >= next_prune:
+                    # Retired signing keys (all their tokens expired) leave the disk.
+                    next_prune = time.monotonic() + KEY_PRUNE_INTERVAL
+                    self.keys.prune()
                 if store_down:
                     log.warning("bundle store reachable again")
                     store_down = False
@@ -287,6 +295,15 @@ class PDPServer:
                     store_down = True
             except Exception:  # the monitor must outlive any one failure
                 log.exception("health monitor")
+
+    def _watch_keys(self) -> None:
+        """Audit the moment this replica starts signing with a key rotated on disk."""
+        self.keys.reload_if_changed()
+        kid = self.keys.active().kid
+        if kid != self._active_kid:
+            self._event(EventType.KEY_ROTATE, "success",
+                        {"active_kid": kid, "previous_kid": self._active_kid})
+            self._active_kid = kid
 
     def status(self) -> admin_pb2.GetStatusResponse:
         """The GetStatus answer for this replica."""

@@ -94,7 +94,7 @@ def test_token_replay_alert(
             EventType.AUTH_FAILURE_TOKEN,
             actor="spiffe://t/svc",
             peer="ipv4:10.0.0.9:5000",
-            kind="replay",
+            kind="replayed_jti",
             jti="abc",
         )
     )

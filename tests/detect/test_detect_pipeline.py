@@ -109,7 +109,7 @@ def test_failing_sink_and_quarantine_do_not_stop_other_sinks(
         {"deny_storm": {"threshold": 5}}, sinks=[Broken(), recorder], quarantine=quarantine
     )
     _storm(pipeline, clock, "user:a", 5)
-    pipeline.emit(auth_event(clock, EventType.AUTH_FAILURE_TOKEN, actor="x", kind="replay"))
+    pipeline.emit(auth_event(clock, EventType.AUTH_FAILURE_TOKEN, actor="x", kind="replayed_jti"))
     assert pipeline.flush()
     storm = recorder.by_detector("deny_storm")[0]
     assert storm.action == "" and storm.details["quarantine_error"] == "RuntimeError"

@@ -56,7 +56,8 @@ def make_verifier(pem_path: Path, revoked: frozenset[int] = frozenset()) -> tupl
 
 def test_exported_names_are_exactly_the_public_api() -> None:
     assert sorted(identity.__all__) == [
-        "Peer", "PeerVerifier", "RevocationSource", "StaticRevocation", "common_name_of",
+        "Peer", "PeerCertificateError", "PeerVerifier", "RevocationSource", "StaticRevocation",
+        "common_name_of",
         "spiffe_id_of"]
 
 

@@ -53,6 +53,7 @@ threads = 8
 tls12_probe = {probe}
 [server.data]
 address = "127.0.0.1:{data_port}"
+allow_cidrs = {data_cidrs}
 [server.admin]
 address = "127.0.0.1:{admin_port}"
 [tls]
@@ -129,14 +130,15 @@ class Harness:
 def make_config(directory: Path, pki: Any, public_key: Path, *, data_port: int = 0,
                 admin_port: int = 0, probe: bool = False, detection: bool = False,
                 crl: Path | None = None, extra: str = "",
-                authorize: tuple[str, ...] = ("spiffe://pdp.test/svc/search",)) -> Path:
+                authorize: tuple[str, ...] = ("spiffe://pdp.test/svc/search",),
+                data_cidrs: tuple[str, ...] = ()) -> Path:
     path = directory / "pdp.toml"
     path.write_text(CONFIG.format(
         probe=str(probe).lower(), data_port=data_port, admin_port=admin_port,
         server_cert=pki.server.cert, server_key=pki.server.key, ca=pki.ca_cert,
         public_key=public_key, detection=str(detection).lower(),
         crl_line=f'crl_file = "{crl}"' if crl else "",
-        authorize=json.dumps(list(authorize))) + extra)
+        authorize=json.dumps(list(authorize)), data_cidrs=json.dumps(list(data_cidrs))) + extra)
     return path
 
 

@@ -89,3 +89,10 @@ def test_example_production_config_loads() -> None:
     config = load_config(Path("examples/pdp.toml"), env={})
     assert config.store.url.startswith("postgresql://")
     assert config.bundles.require_signature
+
+
+def test_bad_allow_cidr_names_the_listener_setting() -> None:
+    from pdp.server.access import _parse_networks
+
+    with pytest.raises(ConfigError, match=r"\[server\.admin\]\.allow_cidrs\[1\]: not a CIDR"):
+        _parse_networks(["10.0.0.0/8", "10.99.0.0/33"], "admin")

@@ -3,10 +3,12 @@
 from __future__ import annotations
 
 import json
+import shutil
 import threading
 import time
 from collections.abc import Callable, Iterator
 from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
+from pathlib import Path
 from typing import Any
 
 import grpc
@@ -113,3 +115,75 @@ def test_admin_call_by_outsider_raises_an_alert(start_server: Callable[..., Harn
     detection = harness.server.detection
     assert detection is not None
     _wait(lambda: any(a.detector == "admin_outsider" for a in detection.alerts()))
+
+
+TOKEN_BUNDLE = """\
+metadata: {name: tokens, revision: "1"}
+rules:
+  - id: services-read
+    effect: allow
+    subjects: {type: service}
+    actions: [read]
+    resources: {type: doc}
+"""
+
+
+def _alerts_by(received: list[dict[str, Any]], detector: str) -> list[dict[str, Any]]:
+    return [a for a in received if a.get("detector") == detector]
+
+
+def test_token_replay_raises_its_alert_at_the_webhook(
+    start_server: Callable[..., Harness], webhook: tuple[str, list[dict[str, Any]]],
+) -> None:
+    from pdp_client._proto import identity_pb2, identity_pb2_grpc
+
+    url, received = webhook
+    harness = start_server(detection=True, extra=DETECTION.format(url=url))
+    harness.push(TOKEN_BUNDLE)
+    token = identity_pb2_grpc.IdentityStub(harness.channel(harness.pki.service)).IssueServiceToken(
+        identity_pb2.IssueServiceTokenRequest(audience="pdp", ttl_seconds=60), timeout=5).token
+    stub = harness.authz()
+    first = stub.Authorize(authorize_request("x", "read", "d1", service_token=token), timeout=5)
+    replayed = stub.Authorize(authorize_request("x", "read", "d1", service_token=token),
+                              timeout=5)
+    assert first.decision == 1 and replayed.decision == 0
+    _wait(lambda: bool(_alerts_by(received, "token_replay")))
+    alert = _alerts_by(received, "token_replay")[0]
+    assert alert["key"].endswith("spiffe://pdp.test/svc/search")
+
+
+def test_revoked_certificate_and_failure_burst_raise_their_alerts(
+    start_server: Callable[..., Harness], webhook: tuple[str, list[dict[str, Any]]],
+    pki: Any, tmp_path: Path,
+) -> None:
+    from pdp.security import pki as pki_module
+    from tests.conftest import CertPair
+
+    url, received = webhook
+    ca_dir = tmp_path / "ca"
+    shutil.copytree(pki.ca_dir, ca_dir)
+    victim = pki_module.issue(ca_dir, tmp_path / "victim", common_name="victim",
+                              spiffe_id="spiffe://pdp.test/svc/search", days=5)
+    crl = pki_module.make_crl(ca_dir, days=7)
+    burst = "\n[detection.auth_failure_burst]\nthreshold = 5\n"
+    harness = start_server(detection=True, crl=crl, extra=DETECTION.format(url=url) + burst)
+    stub = harness.authz(CertPair(victim.cert_path, victim.key_path, victim.serial))
+    assert stub.Authorize(authorize_request("alice", "read", "d1"), timeout=5).decision == 1
+    pki_module.revoke(ca_dir, victim.serial, reason="key-compromise")
+    pki_module.make_crl(ca_dir, days=7)
+    refused = 0
+    deadline = time.monotonic() + 15
+    while refused < 6:
+        assert time.monotonic() < deadline, "revocation not picked up"
+        try:
+            stub.Authorize(authorize_request("alice", "read", "d1"), timeout=5)
+            time.sleep(0.2)
+        except grpc.RpcError as exc:
+            assert exc.code() == grpc.StatusCode.UNAUTHENTICATED
+            refused += 1
+    _wait(lambda: bool(_alerts_by(received, "revoked_certificate")))
+    _wait(lambda: bool(_alerts_by(received, "auth_failure_burst")))
+    assert _alerts_by(received, "revoked_certificate")[0]["details"]["kind"] == "revoked"
+    # One incident per key: six refusals raised one revoked-certificate alert per key.
+    keys = [a["key"] for a in _alerts_by(received, "revoked_certificate")]
+    assert len(keys) == len(set(keys))

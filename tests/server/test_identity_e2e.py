@@ -111,3 +111,27 @@ def test_revoked_client_is_unauthenticated_others_are_not(
         assert time.monotonic() < deadline, "revocation was not picked up"
         time.sleep(0.2)
     assert other.Authorize(authorize_request("alice", "read", "d1"), timeout=5).decision == 1
+
+
+def test_key_rotated_on_disk_is_picked_up_and_audited(harness: Harness) -> None:
+    from pdp.audit.records import list_files
+    from pdp.security.keys import KeyStore
+
+    before = _token(harness).key_id
+    new_kid = KeyStore(harness.server.config.key_config, clock=time.time).rotate()
+    audit_dir = harness.server.config.audit_config.dir
+
+    def rotated_record() -> bool:
+        return any('"security.key_rotate"' in line and new_kid in line
+                   for _, path in list_files(audit_dir) for line in path.read_text().splitlines())
+
+    deadline = time.monotonic() + 10
+    while not rotated_record():
+        assert time.monotonic() < deadline, "the rotation was not audited"
+        time.sleep(0.1)
+    after = _token(harness)
+    assert after.key_id == new_kid != before
+    # Tokens of the previous key still verify until they expire.
+    stub = identity_pb2_grpc.IdentityStub(harness.channel(harness.pki.service))
+    jwks = stub.GetKeySet(identity_pb2.GetKeySetRequest(), timeout=5).jwks_json
+    assert before in jwks and new_kid in jwks

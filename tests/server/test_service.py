@@ -271,3 +271,15 @@ def test_second_server_on_the_same_data_dir_refuses_to_start(
     # Nothing was written into the running server's hash chain by the refused one.
     assert sorted(p.name for p in audit_dir.iterdir()) == before
     assert first.authz().Authorize(authorize_request("alice", "read", "d1"), timeout=5).decision
+
+
+def test_peer_outside_the_listener_allow_list_is_permission_denied(
+    start_server: Callable[..., Harness],
+) -> None:
+    outside = start_server(data_cidrs=("10.20.0.0/16",))
+    with pytest.raises(grpc.RpcError) as err:
+        outside.authz().Authorize(authorize_request("alice", "read", "d1"), timeout=5)
+    assert err.value.code() == grpc.StatusCode.PERMISSION_DENIED
+    assert "allow-list" in err.value.details()
+    inside = start_server(data_cidrs=("127.0.0.0/8", "::1/128"))
+    assert inside.authz().Authorize(authorize_request("alice", "read", "d1"), timeout=5).decision
