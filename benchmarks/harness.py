@@ -221,6 +221,16 @@ class BenchEnv:
                 timeout=timeout, wait_for_ready=True)
             return time.perf_counter() - started
 
+    def shadow(self, server: ServerProc, bundle: SignedBundle) -> None:
+        """Store ``bundle`` on ``server`` without activating it and shadow-evaluate it."""
+        with self.admin_channel(server.admin_port) as ch:
+            stub = admin_pb2_grpc.AdminStub(ch)
+            pushed = stub.PushBundle(admin_pb2.PushBundleRequest(
+                bundle=bundle.data, signature=bundle.signature, key_id="bench", activate=False),
+                timeout=120, wait_for_ready=True)
+            stub.SetShadow(admin_pb2.SetShadowRequest(version=pushed.bundle.version),
+                           timeout=30)
+
     def stop(self, server: ServerProc) -> None:
         """Stop one server and forget it."""
         server.stop()

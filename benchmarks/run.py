@@ -27,6 +27,7 @@ RESULTS = Path(__file__).resolve().parent / "results"
 WORK = Path(__file__).resolve().parent / ".cache" / "work"
 SERVER_CORE, CLIENT_CORE = "0", 1
 WORKERS = 2  # load-generator processes (they share the client core)
+SHADOW_ROW = "default + shadow evaluation of a candidate"
 AUDIT_OFF = "[audit]\nenabled = false\n"
 DETECT_OFF = "[detection]\nenabled = false\n"
 TRACES_ON = '[telemetry]\ntraces = "console"\n'
@@ -107,9 +108,10 @@ def batch_rows(bench: Bench, pdp: ServerProc, out: dict[str, Any]) -> dict[str, 
 
 def monitoring_rows(bench: Bench, env: BenchEnv, bundle: Any, full: bool,
                     out: dict[str, Any]) -> None:
-    """Audit, tracing, detection on vs off: 32 in flight, uncached."""
+    """Audit, tracing, detection, shadow evaluation on vs off: 32 in flight, uncached."""
     variants = [("all off", AUDIT_OFF + DETECT_OFF),
                 ("default (audit + detection)", ""),
+                (SHADOW_ROW, ""),
                 ("all on (audit + detection + tracing)", TRACES_ON)]
     if full:
         variants += [("audit only", DETECT_OFF), ("detection only", AUDIT_OFF),
@@ -120,6 +122,9 @@ def monitoring_rows(bench: Bench, env: BenchEnv, bundle: Any, full: bool,
         for i, (label, extra) in enumerate(variants):
             s = start_pdp(env, f"mon{i}", cores=SERVER_CORE, extra=extra, bundle=bundle)
             servers.append(s)
+            if label == SHADOW_ROW:  # the same rules under another revision: a candidate
+                env.shadow(s, env.sign("candidate", bundle_json(bundle.rules, revision="2"),
+                                       bundle.rules))
             plan.append((Row(label), [s],
                          lambda s=s: spread(bench.job(s, vary=True), 32, WORKERS)))
         _section(bench, "Monitoring impact (1,000 rules, 32 in flight, uncached)",
