@@ -23,7 +23,7 @@ from pdp.errors import (
 from pdp.events import Event, EventSink, EventType, Severity
 from pdp.server.access import CallerGate
 from pdp.server.bundles import BundleManager
-from pdp.server.status import abort_with
+from pdp.server.status import abort_with, translated
 from pdp.store import BundleStore, QuarantineEntry, StoredBundle
 from pdp_client._proto import admin_pb2 as pb
 from pdp_client._proto import admin_pb2_grpc as pb_grpc
@@ -88,6 +88,7 @@ class AdminService(pb_grpc.AdminServicer):
 
     # --- bundles ------------------------------------------------------------------------------
 
+    @translated
     def PushBundle(
         self, request: pb.PushBundleRequest, context: grpc.ServicerContext
     ) -> pb.PushBundleResponse:
@@ -117,119 +118,104 @@ class AdminService(pb_grpc.AdminServicer):
         except PdpError as exc:
             if not isinstance(exc, AuditUnavailableError | BundleSignatureError):
                 self._try_audit(context, actor, EventType.BUNDLE_PUSH_REJECTED, str(exc))
-            abort_with(context, exc)
+            raise
 
+    @translated
     def ListBundles(
         self, request: pb.ListBundlesRequest, context: grpc.ServicerContext
     ) -> pb.ListBundlesResponse:
         self._gate.check(context, _method("ListBundles"))
-        try:
-            return pb.ListBundlesResponse(bundles=[self._info(b) for b in self._store.list()])
-        except PdpError as exc:
-            abort_with(context, exc)
+        return pb.ListBundlesResponse(bundles=[self._info(b) for b in self._store.list()])
 
+    @translated
     def GetBundle(
         self, request: pb.GetBundleRequest, context: grpc.ServicerContext
     ) -> pb.GetBundleResponse:
         self._gate.check(context, _method("GetBundle"))
-        try:
-            stored = self._store.get(_required(request.version, "version"))
-            return pb.GetBundleResponse(info=self._info(stored), bundle=stored.data,
-                                        signature=stored.signature or b"")
-        except PdpError as exc:
-            abort_with(context, exc)
+        stored = self._store.get(_required(request.version, "version"))
+        return pb.GetBundleResponse(info=self._info(stored), bundle=stored.data,
+                                    signature=stored.signature or b"")
 
+    @translated
     def ActivateBundle(
         self, request: pb.ActivateBundleRequest, context: grpc.ServicerContext
     ) -> pb.ActivateBundleResponse:
         actor = self._begin(context, "ActivateBundle")
-        try:
-            stored = self._manager.activate(_required(request.version, "version"), by=actor)
-            self._audit(context, actor, EventType.BUNDLE_ACTIVATE, "success",
-                        {"version": stored.version, "digest": stored.digest})
-            return pb.ActivateBundleResponse(bundle=self._info(stored))
-        except PdpError as exc:
-            abort_with(context, exc)
+        stored = self._manager.activate(_required(request.version, "version"), by=actor)
+        self._audit(context, actor, EventType.BUNDLE_ACTIVATE, "success",
+                    {"version": stored.version, "digest": stored.digest})
+        return pb.ActivateBundleResponse(bundle=self._info(stored))
 
+    @translated
     def Rollback(
         self, request: pb.RollbackRequest, context: grpc.ServicerContext
     ) -> pb.RollbackResponse:
         actor = self._begin(context, "Rollback")
-        try:
-            stored = self._manager.rollback(by=actor)
-            self._audit(context, actor, EventType.BUNDLE_ROLLBACK, "success",
-                        {"version": stored.version, "digest": stored.digest})
-            return pb.RollbackResponse(bundle=self._info(stored))
-        except PdpError as exc:
-            abort_with(context, exc)
+        stored = self._manager.rollback(by=actor)
+        self._audit(context, actor, EventType.BUNDLE_ROLLBACK, "success",
+                    {"version": stored.version, "digest": stored.digest})
+        return pb.RollbackResponse(bundle=self._info(stored))
 
+    @translated
     def GetStatus(
         self, request: pb.GetStatusRequest, context: grpc.ServicerContext
     ) -> pb.GetStatusResponse:
         self._gate.check(context, _method("GetStatus"))
         return self._status()
 
+    @translated
     def SetShadow(
         self, request: pb.SetShadowRequest, context: grpc.ServicerContext
     ) -> pb.SetShadowResponse:
         actor = self._begin(context, "SetShadow")
-        try:
-            version = request.version or None
-            if version is not None:
-                self._manager.compile_stored(self._store.get(version))
-            self._store.set_shadow(version, by=actor, now=self._clock())
-            self._manager.sync()
-            self._audit(context, actor, EventType.BUNDLE_SHADOW, "success",
-                        {"shadow_version": version or ""})
-            return pb.SetShadowResponse(version=version or "")
-        except PdpError as exc:
-            abort_with(context, exc)
+        version = request.version or None
+        if version is not None:
+            self._manager.compile_stored(self._store.get(version))
+        self._store.set_shadow(version, by=actor, now=self._clock())
+        self._manager.sync()
+        self._audit(context, actor, EventType.BUNDLE_SHADOW, "success",
+                    {"shadow_version": version or ""})
+        return pb.SetShadowResponse(version=version or "")
 
     # --- quarantine ---------------------------------------------------------------------------
 
+    @translated
     def ListQuarantine(
         self, request: pb.ListQuarantineRequest, context: grpc.ServicerContext
     ) -> pb.ListQuarantineResponse:
         self._gate.check(context, _method("ListQuarantine"))
-        try:
-            entries = self._store.quarantined(now=self._clock())
-            return pb.ListQuarantineResponse(entries=[_entry(e) for e in entries])
-        except PdpError as exc:
-            abort_with(context, exc)
+        entries = self._store.quarantined(now=self._clock())
+        return pb.ListQuarantineResponse(entries=[_entry(e) for e in entries])
 
+    @translated
     def Quarantine(
         self, request: pb.QuarantineRequest, context: grpc.ServicerContext
     ) -> pb.QuarantineResponse:
         actor = self._begin(context, "Quarantine")
-        try:
-            subject = _required(request.subject, "subject")
-            if not 0 < request.ttl_seconds <= MAX_QUARANTINE_SECONDS:
-                raise RequestError(f"must be between 1 and {MAX_QUARANTINE_SECONDS}",
-                                   field="ttl_seconds")
-            entry = QuarantineEntry(subject=subject, until=self._clock() + request.ttl_seconds,
-                                    reason=request.reason or "quarantined by an admin", by=actor)
-            self._store.quarantine(entry)
-            self._manager.sync()
-            self._audit(context, actor, EventType.QUARANTINE, "success",
-                        {"subject": subject, "until": entry.until, "reason": entry.reason},
-                        Severity.WARNING)
-            return pb.QuarantineResponse(entry=_entry(entry))
-        except PdpError as exc:
-            abort_with(context, exc)
+        subject = _required(request.subject, "subject")
+        if not 0 < request.ttl_seconds <= MAX_QUARANTINE_SECONDS:
+            raise RequestError(f"must be between 1 and {MAX_QUARANTINE_SECONDS}",
+                               field="ttl_seconds")
+        entry = QuarantineEntry(subject=subject, until=self._clock() + request.ttl_seconds,
+                                reason=request.reason or "quarantined by an admin", by=actor)
+        self._store.quarantine(entry)
+        self._manager.sync()
+        self._audit(context, actor, EventType.QUARANTINE, "success",
+                    {"subject": subject, "until": entry.until, "reason": entry.reason},
+                    Severity.WARNING)
+        return pb.QuarantineResponse(entry=_entry(entry))
 
+    @translated
     def Release(
         self, request: pb.ReleaseRequest, context: grpc.ServicerContext
     ) -> pb.ReleaseResponse:
         actor = self._begin(context, "Release")
-        try:
-            subject = _required(request.subject, "subject")
-            released = self._store.release(subject)
-            self._manager.sync()
-            self._audit(context, actor, EventType.RELEASE, "success" if released else "noop",
-                        {"subject": subject})
-            return pb.ReleaseResponse(released=released)
-        except PdpError as exc:
-            abort_with(context, exc)
+        subject = _required(request.subject, "subject")
+        released = self._store.release(subject)
+        self._manager.sync()
+        self._audit(context, actor, EventType.RELEASE, "success" if released else "noop",
+                    {"subject": subject})
+        return pb.ReleaseResponse(released=released)
 
     def _try_audit(self, context: grpc.ServicerContext, actor: str, type_: EventType,
                    reason: str) -> None:

@@ -11,12 +11,12 @@ import json
 import grpc
 
 from pdp.clock import Clock
-from pdp.errors import PdpError, RequestError
+from pdp.errors import RequestError
 from pdp.events import Event, EventSink, EventType
 from pdp.security.keys import KeyStore
 from pdp.security.tokens import TokenIssuer
 from pdp.server.access import CallerGate
-from pdp.server.status import abort_with
+from pdp.server.status import translated
 from pdp_client._proto import identity_pb2 as pb
 from pdp_client._proto import identity_pb2_grpc as pb_grpc
 
@@ -41,30 +41,31 @@ class IdentityService(pb_grpc.IdentityServicer):
         self._clock = clock
         self._default_ttl = default_ttl
 
+    @translated
+    @translated
     def IssueServiceToken(
         self, request: pb.IssueServiceTokenRequest, context: grpc.ServicerContext
     ) -> pb.IssueServiceTokenResponse:
         peer = self._gate.check(context, ISSUE)
-        try:
-            if not request.audience:
-                raise RequestError("is required", field="audience")
-            if len(request.audience) > MAX_AUDIENCE:
-                raise RequestError(f"longer than {MAX_AUDIENCE} characters", field="audience")
-            self._keys.reload_if_changed()
-            ttl = float(request.ttl_seconds) if request.ttl_seconds else self._default_ttl
-            issued = self._issuer.issue(peer.identity, request.audience, ttl)
-            self._events.emit(Event(
-                type=EventType.TOKEN_ISSUED, time=self._clock(), actor=peer.identity,
-                peer=context.peer(), outcome="success",
-                details={"jti": issued.jti, "kid": issued.kid, "audience": request.audience,
-                         "expires_at": issued.expires_at},
-            ))
-        except PdpError as exc:
-            abort_with(context, exc)
+        if not request.audience:
+            raise RequestError("is required", field="audience")
+        if len(request.audience) > MAX_AUDIENCE:
+            raise RequestError(f"longer than {MAX_AUDIENCE} characters", field="audience")
+        self._keys.reload_if_changed()
+        ttl = float(request.ttl_seconds) if request.ttl_seconds else self._default_ttl
+        issued = self._issuer.issue(peer.identity, request.audience, ttl)
+        # Written before the token leaves: no audit record, no token.
+        self._events.emit(Event(
+            type=EventType.TOKEN_ISSUED, time=self._clock(), actor=peer.identity,
+            peer=context.peer(), outcome="success",
+            details={"jti": issued.jti, "kid": issued.kid, "audience": request.audience,
+                     "expires_at": issued.expires_at},
+        ))
         return pb.IssueServiceTokenResponse(
             token=issued.token, expires_at=int(issued.expires_at), key_id=issued.kid,
             jti=issued.jti)
 
+    @translated
     def GetKeySet(
         self, request: pb.GetKeySetRequest, context: grpc.ServicerContext
     ) -> pb.GetKeySetResponse:

@@ -6,7 +6,9 @@ Servicers raise PdpError leaves; :func:`abort_with` maps the most specific class
 
 from __future__ import annotations
 
-from typing import NoReturn
+import functools
+from collections.abc import Callable
+from typing import NoReturn, TypeVar
 
 import grpc
 
@@ -26,7 +28,11 @@ from pdp.errors import (
     UnknownVersionError,
 )
 
-__all__ = ["STATUS_TABLE", "abort_with", "status_for"]
+__all__ = ["STATUS_TABLE", "abort_with", "status_for", "translated"]
+
+S = TypeVar("S")
+Q = TypeVar("Q")
+R = TypeVar("R")
 
 # Most specific first: the first class the error is an instance of decides.
 STATUS_TABLE: tuple[tuple[type[PdpError], grpc.StatusCode], ...] = (
@@ -57,3 +63,18 @@ def abort_with(context: grpc.ServicerContext, error: PdpError) -> NoReturn:
     """Abort the call with the status code of ``error`` and its message."""
     context.abort(status_for(error), str(error))
     raise AssertionError("unreachable: context.abort raises")  # pragma: no cover
+
+
+def translated(
+    method: Callable[[S, Q, grpc.ServicerContext], R],
+) -> Callable[[S, Q, grpc.ServicerContext], R]:
+    """Decorate a servicer method: a PdpError it raises aborts the call via the table."""
+
+    @functools.wraps(method)
+    def wrapper(self: S, request: Q, context: grpc.ServicerContext) -> R:
+        try:
+            return method(self, request, context)
+        except PdpError as exc:
+            abort_with(context, exc)
+
+    return wrapper
