@@ -97,7 +97,7 @@ class AuthorizationService(pb_grpc.AuthorizationServicer):
         with self._telemetry.rpc_span(AUTHORIZE, self._metadata(context)) as span:
             try:
                 self._check_fresh(request.min_bundle_sequence)
-                response = self._decide(request, None, self._call(peer, context),
+                response = self._decide(request, None, self._call(peer),
                                         explain=request.explain)
             except PdpError as exc:
                 span.error(exc)
@@ -127,7 +127,7 @@ class AuthorizationService(pb_grpc.AuthorizationServicer):
                               + [defaults.min_bundle_sequence if defaults else 0])
                 self._check_fresh(minimum)
                 # One caller, one address and one "now" for the whole batch.
-                call = self._call(peer, context)
+                call = self._call(peer)
                 responses = [
                     self._decide(item, defaults, call, explain=False, where=f"requests[{i}].")
                     for i, item in enumerate(request.requests)
@@ -154,9 +154,9 @@ class AuthorizationService(pb_grpc.AuthorizationServicer):
                     f"this replica serves bundle sequence {have}, older than the requested "
                     f"{minimum}; retry shortly or on another replica")
 
-    def _call(self, peer: Peer, context: grpc.ServicerContext) -> _Call:
-        address = context.peer()
-        return _Call(peer, address, peer_ip(address), self._clock())
+    def _call(self, peer: Peer) -> _Call:
+        # The gate already read the connection's address into the Peer: reuse it.
+        return _Call(peer, peer.address, peer_ip(peer.address), self._clock())
 
     def _decide(
         self,
