@@ -177,7 +177,7 @@ class _Validator:
         self, value: Any, where: str, allowed: tuple[str, ...], node: object
     ) -> dict[str, Any]:
         if not isinstance(value, dict):
-            self.fail(where, f"expected a mapping, got {_kind(value)}", node)
+            self.fail(where, f"expected a mapping, got {kind_of(value)}", node)
         for key in value:
             if key not in allowed:
                 self.fail(where, f'unknown key "{key}" (allowed: {", ".join(allowed)})', value)
@@ -187,14 +187,14 @@ class _Validator:
         if allow_int and isinstance(value, int) and not isinstance(value, bool):
             return str(value)
         if not isinstance(value, str) or value == "":
-            self.fail(where, f"expected a non-empty string, got {_kind(value)}", node)
+            self.fail(where, f"expected a non-empty string, got {kind_of(value)}", node)
         return value
 
     def strings(self, value: Any, where: str, node: object, *, globs: bool) -> tuple[str, ...]:
         if isinstance(value, str):
             value = [value]
         if not isinstance(value, list) or not value:
-            self.fail(where, f"expected a non-empty list of strings, got {_kind(value)}", node)
+            self.fail(where, f"expected a non-empty list of strings, got {kind_of(value)}", node)
         out = []
         for i, item in enumerate(value):
             item = self.string(item, f"{where}[{i}]", value)
@@ -214,7 +214,7 @@ class _Validator:
         self.roles = self.role_table(doc.get("roles", {}))
         raw_rules = doc["rules"]
         if not isinstance(raw_rules, list):
-            self.fail("rules", f"expected a list, got {_kind(raw_rules)}", doc)
+            self.fail("rules", f"expected a list, got {kind_of(raw_rules)}", doc)
         if len(raw_rules) > self.limits.max_rules:
             self.fail(
                 "rules",
@@ -250,7 +250,7 @@ class _Validator:
 
     def segment_table(self, value: Any) -> dict[str, tuple[str, ...]]:
         if not isinstance(value, dict):
-            self.fail("segments", f"expected a mapping, got {_kind(value)}", value)
+            self.fail("segments", f"expected a mapping, got {kind_of(value)}", value)
         out = {}
         for name, cidrs in value.items():
             where = f'segments["{name}"]'
@@ -265,7 +265,7 @@ class _Validator:
 
     def role_table(self, value: Any) -> dict[str, tuple[str, ...]]:
         if not isinstance(value, dict):
-            self.fail("roles", f"expected a mapping, got {_kind(value)}", value)
+            self.fail("roles", f"expected a mapping, got {kind_of(value)}", value)
         return {
             name: self.strings(m, f'roles["{name}"]', value, globs=True)
             for name, m in value.items()
@@ -283,7 +283,7 @@ class _Validator:
             self.fail(f"{where}.effect", f'expected "allow" or "deny", got {effect_text!r}', raw)
         description = raw.get("description", "")
         if not isinstance(description, str):
-            self.fail(f"{where}.description", f"expected a string, got {_kind(description)}", raw)
+            self.fail(f"{where}.description", f"expected a string, got {kind_of(description)}", raw)
         if "actions" not in raw:
             self.fail(where, 'missing key "actions" (use ["*"] for every action)', raw)
         actions = self.strings(raw["actions"], f"{where}.actions", raw, globs=True)
@@ -337,7 +337,8 @@ class _Validator:
         return text
 
 
-def _kind(value: Any) -> str:
+def kind_of(value: Any) -> str:
+    """How an error message names an unexpected value: 'a mapping', 'a list', 'nothing'..."""
     if value is None:
         return "nothing"
     if isinstance(value, dict):

@@ -17,6 +17,7 @@ import yaml
 
 from pdp.errors import BundleError
 from pdp.policy.compiler import CompiledPolicy, compile_bundle
+from pdp.policy.loader import kind_of
 from pdp.policy.model import Action, Bundle, Decision, Effect, Request, Resource, Subject
 
 __all__ = [
@@ -149,7 +150,7 @@ class _Parser:
 
     def mapping(self, value: Any, where: str, keys: tuple[str, ...], i: int) -> dict[str, Any]:
         if not isinstance(value, dict):
-            raise self.fail(where, f"expected a mapping, got {_kind(value)}", i)
+            raise self.fail(where, f"expected a mapping, got {kind_of(value)}", i)
         for key in value:
             if key not in keys:
                 raise self.fail(where, f'unknown key "{key}" (allowed: {", ".join(keys)})', i)
@@ -157,14 +158,14 @@ class _Parser:
 
     def string(self, value: Any, where: str, i: int, *, empty: bool = False) -> str:
         if not isinstance(value, str) or (value == "" and not empty):
-            raise self.fail(where, f"expected a non-empty string, got {_kind(value)}", i)
+            raise self.fail(where, f"expected a non-empty string, got {kind_of(value)}", i)
         return value
 
     def props(self, value: Any, where: str, i: int) -> dict[str, Any]:
         if value is None:
             return {}
         if not isinstance(value, dict):
-            raise self.fail(where, f"expected a mapping, got {_kind(value)}", i)
+            raise self.fail(where, f"expected a mapping, got {kind_of(value)}", i)
         plain: dict[str, Any] = _plain(value, where, self, i)
         return plain
 
@@ -246,7 +247,7 @@ class _Parser:
             return value.timestamp()
         if isinstance(value, date):
             raise self.fail(where, "a date is not an instant: give a time and an offset", i)
-        raise self.fail(where, f"expected RFC 3339 or epoch seconds, got {_kind(value)}", i)
+        raise self.fail(where, f"expected RFC 3339 or epoch seconds, got {kind_of(value)}", i)
 
 
 def _plain(value: Any, where: str, parser: _Parser, i: int) -> Any:
@@ -267,16 +268,6 @@ def _plain(value: Any, where: str, parser: _Parser, i: int) -> Any:
             out[k] = _plain(v, f"{where}.{k}", parser, i)
         return out
     raise parser.fail(where, f"{type(value).__name__} is not a JSON value (quote it)", i)
-
-
-def _kind(value: Any) -> str:
-    if value is None:
-        return "nothing"
-    if isinstance(value, dict):
-        return "a mapping"
-    if isinstance(value, list):
-        return "a list"
-    return repr(value)[:60] if isinstance(value, str) else type(value).__name__
 
 
 def load_suite(text: str | bytes, *, source: str = "<tests>") -> list[TestCase]:

@@ -282,11 +282,7 @@ def issue(ca_dir: Path, out_prefix: Path, *, common_name: str, spiffe_id: str | 
         assert ca_key is not None
         cert = _build_leaf(ca_cert, ca_key, key, common_name=common_name, spiffe_id=spiffe_id,
                            dns=dns, ips=ips, server=server, client=client, days=days, now=clock())
-        index = _load_index(ca_dir)
-        index["certs"].append(_entry(cert, str(cert_path)))
-        write_atomic(key_path, _key_pem(key, None), mode=0o600)
-        write_atomic(cert_path, cert.public_bytes(serialization.Encoding.PEM), mode=0o644)
-        _save_index(ca_dir, index)
+        _record_and_write(ca_dir, cert, key, cert_path, key_path)
     return IssuedCert(cert_path, key_path, cert.serial_number)
 
 
@@ -381,12 +377,18 @@ def renew(ca_dir: Path, cert_path: Path, *, key_path: Path | None = None, days: 
             server=ExtendedKeyUsageOID.SERVER_AUTH in eku,
             client=ExtendedKeyUsageOID.CLIENT_AUTH in eku,
             days=days or max(1, round((lifetime.total_seconds() - 300) / _DAY)), now=clock())
-        index = _load_index(ca_dir)
-        index["certs"].append(_entry(cert, str(cert_path)))
-        write_atomic(key_path, _key_pem(key, None), mode=0o600)
-        write_atomic(cert_path, cert.public_bytes(serialization.Encoding.PEM), mode=0o644)
-        _save_index(ca_dir, index)
+        _record_and_write(ca_dir, cert, key, cert_path, key_path)
     return IssuedCert(cert_path, key_path, cert.serial_number)
+
+
+def _record_and_write(ca_dir: Path, cert: x509.Certificate, key: Any, cert_path: Path,
+                      key_path: Path) -> None:
+    """Add ``cert`` to the CA index and write the key (0600), then the certificate."""
+    index = _load_index(ca_dir)
+    index["certs"].append(_entry(cert, str(cert_path)))
+    write_atomic(key_path, _key_pem(key, None), mode=0o600)
+    write_atomic(cert_path, cert.public_bytes(serialization.Encoding.PEM), mode=0o644)
+    _save_index(ca_dir, index)
 
 
 def _read_cert(path: Path) -> x509.Certificate:

@@ -36,6 +36,7 @@ from pdp.server.status import abort_with
 __all__ = ["CallerGate", "build_system_policy", "peer_ip"]
 
 EMPTY: dict[str, Any] = {}
+EXPLAIN_ACTION = "explain"  # the system-policy action that lets an identity ask for explain
 IPNetwork = ipaddress.IPv4Network | ipaddress.IPv6Network
 
 
@@ -65,34 +66,28 @@ def build_system_policy(access: AccessConfig) -> CompiledPolicy:
                 "[access] authorize/admin, or set [access] policy_file",
                 field="[access]",
             )
-        rules: list[dict[str, Any]] = []
-        if access.authorize:
-            rules.append({
-                "id": "data-plane-callers",
-                "effect": "allow",
-                "subjects": {"type": "service", "ids": list(access.authorize)},
-                "actions": ["/pdp.v1.Authorization/*", "/pdp.v1.Identity/*"],
-                "resources": {"type": "pdp.listener", "ids": ["data"]},
-            })
-        if access.explain:
-            rules.append({
-                "id": "explainers",
-                "effect": "allow",
-                "subjects": {"type": "service", "ids": list(access.explain)},
-                "actions": ["explain"],
-                "resources": {"type": "pdp.listener", "ids": ["data"]},
-            })
-        if access.admin:
-            rules.append({
-                "id": "administrators",
-                "effect": "allow",
-                "subjects": {"type": "service", "ids": list(access.admin)},
-                "actions": ["/pdp.v1.Admin/*"],
-                "resources": {"type": "pdp.listener", "ids": ["admin"]},
-            })
+        rules = [
+            _allow("data-plane-callers", access.authorize,
+                   ["/pdp.v1.Authorization/*", "/pdp.v1.Identity/*"], "data"),
+            _allow("explainers", access.explain, [EXPLAIN_ACTION], "data"),
+            _allow("administrators", access.admin, ["/pdp.v1.Admin/*"], "admin"),
+        ]
+        rules = [r for r in rules if r["subjects"]["ids"]]
         text = yaml.safe_dump({"metadata": {"name": "system", "revision": "1"}, "rules": rules})
         bundle = load_bundle(text, source="[access]")
     return compile_bundle(bundle, version=f"system-{bundle.digest[:12]}")
+
+
+def _allow(rule_id: str, identities: tuple[str, ...], actions: list[str],
+           listener: str) -> dict[str, Any]:
+    """A system-policy rule: these identity globs may call these RPCs on this listener."""
+    return {
+        "id": rule_id,
+        "effect": "allow",
+        "subjects": {"type": "service", "ids": list(identities)},
+        "actions": actions,
+        "resources": {"type": "pdp.listener", "ids": [listener]},
+    }
 
 
 class CallerGate:

@@ -27,7 +27,7 @@ from pdp.events import Event, EventSink, EventType, Severity
 from pdp.policy import Decision, Effect, PolicyEngine, Request
 from pdp.security.identity import Peer
 from pdp.security.tokens import TokenVerifier
-from pdp.server.access import CallerGate, peer_ip
+from pdp.server.access import EXPLAIN_ACTION, CallerGate, peer_ip
 from pdp.server.convert import (
     Defaults,
     convert_defaults,
@@ -44,7 +44,6 @@ __all__ = ["AuthorizationService"]
 
 AUTHORIZE = "/pdp.v1.Authorization/Authorize"
 AUTHORIZE_BATCH = "/pdp.v1.Authorization/AuthorizeBatch"
-EXPLAIN = "explain"
 _NOT_EVALUATED = frozenset({"quarantined", "no active bundle"})
 
 
@@ -184,7 +183,7 @@ class AuthorizationService(pb_grpc.AuthorizationServicer):
         if token_error is not None:
             decision = Decision(Effect.DENY, "", f"invalid service token: {token_error.reason}",
                                 policy.version if policy is not None else "")
-        elif explain and policy is not None and self._gate.allows(peer.identity, EXPLAIN):
+        elif explain and policy is not None and self._gate.allows(peer.identity, EXPLAIN_ACTION):
             if self._engine.is_quarantined(req.subject.id, now):
                 decision = self._engine.decide(req, now=now)
             else:

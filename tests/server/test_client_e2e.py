@@ -8,7 +8,6 @@ import pytest
 from examples.backend.server import SERVICE, build_server
 from pdp_client import (
     PDPClient,
-    PEPInterceptor,
     Resource,
     ServiceTokenInterceptor,
     Subject,
@@ -112,4 +111,3 @@ def test_service_token_carries_identity_from_a_to_b(harness: Harness) -> None:
                                     resource=Resource("doc", "d1"), service_token=token)
         assert decision.allowed and decision.rule_id == "token-read"
         assert isinstance(ServiceTokenInterceptor(source), grpc.UnaryUnaryClientInterceptor)
-    assert PEPInterceptor  # exported for backends

@@ -96,3 +96,40 @@ def test_bad_allow_cidr_names_the_listener_setting() -> None:
 
     with pytest.raises(ConfigError, match=r"\[server\.admin\]\.allow_cidrs\[1\]: not a CIDR"):
         _parse_networks(["10.0.0.0/8", "10.99.0.0/33"], "admin")
+
+
+def _may(policy: object, identity: str, method: str, listener: str) -> bool:
+    from pdp.policy import Action, Effect, Request, Resource, Subject
+
+    decision = policy.evaluate(Request(  # type: ignore[attr-defined]
+        Subject("service", identity, {}), Action(method, {}),
+        Resource("pdp.listener", listener, {}), {}, None), now=0.0)
+    return bool(decision.effect is Effect.ALLOW)
+
+
+def test_short_form_system_policy_grants_exactly_what_it_lists() -> None:
+    policy = build_system_policy(AccessConfig(authorize=("spiffe://corp/svc/*",),
+                                              admin=("spiffe://corp/admin",)))
+    authorize = "/pdp.v1.Authorization/Authorize"
+    assert _may(policy, "spiffe://corp/svc/a", authorize, "data")
+    assert not _may(policy, "spiffe://corp/svc/a", authorize, "admin")
+    assert not _may(policy, "spiffe://corp/svc/a", "/pdp.v1.Admin/PushBundle", "admin")
+    assert not _may(policy, "spiffe://corp/svc/a", "explain", "data")  # [access] explain empty
+    assert _may(policy, "spiffe://corp/admin", "/pdp.v1.Admin/PushBundle", "admin")
+    assert not _may(policy, "spiffe://corp/admin", authorize, "data")
+
+
+def test_system_policy_file_is_used_and_its_faults_are_named(tmp_path: Path) -> None:
+    from pdp.errors import BundleError
+
+    good = tmp_path / "system.yaml"
+    good.write_text('metadata: {name: system, revision: "1"}\nrules:\n'
+                    '  - {id: ops, effect: allow, subjects: {type: service, ids: ["ops"]},\n'
+                    '     actions: ["/pdp.v1.Admin/*"], resources: {type: pdp.listener}}\n')
+    policy = build_system_policy(AccessConfig(policy_file=good))
+    assert _may(policy, "ops", "/pdp.v1.Admin/Rollback", "admin")
+    assert not _may(policy, "dev", "/pdp.v1.Admin/Rollback", "admin")
+    bad = tmp_path / "bad.yaml"
+    bad.write_text(good.read_text().replace("effect: allow", "effect: permit"))
+    with pytest.raises(BundleError, match=r"bad\.yaml.*rules\[0\].*effect"):
+        build_system_policy(AccessConfig(policy_file=bad))
