@@ -127,6 +127,7 @@ class PeerVerifier:
         self._clock = clock
         self._cache_size = cache_size
         self._cache: OrderedDict[bytes, _Parsed] = OrderedDict()
+        self._by_address: dict[str, tuple[bytes, _Parsed, Peer]] = {}
 
     def verify(self, context: Any) -> Peer:
         """Verify the caller of ``context`` (a grpc.ServicerContext) and return it.
@@ -140,7 +141,22 @@ class PeerVerifier:
         pems = auth.get("x509_pem_cert")
         if not pems:
             raise PeerCertificateError("no_certificate", "no client certificate")
-        parsed = self._parsed(pems[0])
+        pem = pems[0]
+        address = context.peer()
+        # A connection calls many times with one certificate: its Peer is kept by address
+        # and reused while the certificate is the same one (a new connection that reuses the
+        # port with another certificate is parsed afresh). Validity and revocation are still
+        # checked on every call.
+        known = self._by_address.get(address)
+        if known is None or known[0] != pem:
+            parsed = self._parsed(pem)
+            known = (pem, parsed, Peer(parsed.identity, parsed.spiffe_id, parsed.common_name,
+                                       parsed.serial, parsed.not_after, parsed.fingerprint,
+                                       address))
+            if len(self._by_address) >= self._cache_size:
+                self._by_address.clear()  # connections come and go; rebuilt on demand
+            self._by_address[address] = known
+        parsed = known[1]
         now = self._clock()
         if now < parsed.not_before:
             raise PeerCertificateError(
@@ -155,8 +171,7 @@ class PeerVerifier:
                 "revoked",
                 f"client certificate of {parsed.identity} is revoked (serial {parsed.serial:#x})",
                 identity=parsed.identity, serial=parsed.serial)
-        return Peer(parsed.identity, parsed.spiffe_id, parsed.common_name, parsed.serial,
-                    parsed.not_after, parsed.fingerprint, context.peer())
+        return known[2]
 
     def _parsed(self, pem: bytes) -> _Parsed:
         # No lock: each OrderedDict call below is atomic under the GIL, and this runs on

@@ -126,7 +126,7 @@ class CallerGate:
                          "serial": f"{getattr(exc, 'serial', 0):#x}", "method": method,
                          "listener": self._listener},
             ))
-        if self._networks and not self._peer_allowed(context.peer()):
+        if self._networks and not self._peer_allowed(peer.address):
             self._refuse(context, CallerNotAllowedError(
                 peer.identity, method, f"peer address not in the {self._listener} allow-list"),
                 Event(type=EventType.AUTH_FAILURE_PEER, time=self._clock(),

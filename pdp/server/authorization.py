@@ -10,7 +10,7 @@ import contextlib
 import itertools
 import os
 import time
-from collections.abc import Callable
+from collections.abc import Callable, Sequence
 from typing import Any, NamedTuple
 
 import grpc
@@ -23,7 +23,7 @@ from pdp.errors import (
     StaleReplicaError,
     TokenError,
 )
-from pdp.events import Event, EventSink, EventType, Severity
+from pdp.events import DecisionDetails, Event, EventType, Severity
 from pdp.policy import Decision, Effect, PolicyEngine, Request
 from pdp.security.identity import Peer
 from pdp.security.tokens import TokenVerifier
@@ -35,6 +35,7 @@ from pdp.server.convert import (
     service_token_of,
     to_policy_request,
 )
+from pdp.server.hub import EventHub
 from pdp.server.status import abort_with
 from pdp.telemetry import Telemetry
 from pdp_client._proto import authorization_pb2 as pb
@@ -45,6 +46,7 @@ __all__ = ["AuthorizationService"]
 AUTHORIZE = "/pdp.v1.Authorization/Authorize"
 AUTHORIZE_BATCH = "/pdp.v1.Authorization/AuthorizeBatch"
 _NOT_EVALUATED = frozenset({"quarantined", "no active bundle"})
+_UNPARSED = "-"  # not an IP: marks an address whose IP was not parsed yet
 
 
 class _Call(NamedTuple):
@@ -56,6 +58,17 @@ class _Call(NamedTuple):
     now: float
 
 
+class _Done(NamedTuple):
+    """One evaluated request, before its audit event is accepted."""
+
+    request: Request
+    decision: Decision
+    decision_id: str
+    traces: Sequence[Any]  # the explain trace, when asked for and allowed
+    evaluated: bool  # False when a bad service token decided it (no policy evaluation)
+    started: float  # perf_counter at the start, when metering
+
+
 class AuthorizationService(pb_grpc.AuthorizationServicer):
     """Answers decisions; fails closed on any doubt (token, audit, stale replica)."""
 
@@ -65,7 +78,7 @@ class AuthorizationService(pb_grpc.AuthorizationServicer):
         engine: PolicyEngine,
         gate: CallerGate,
         tokens: TokenVerifier | None,
-        events: EventSink,
+        events: EventHub,
         telemetry: Telemetry,
         clock: Clock,
         max_batch: int,
@@ -82,6 +95,8 @@ class AuthorizationService(pb_grpc.AuthorizationServicer):
         self._fail_open_audit = fail_open_audit
         self.shadow = shadow
         self._tracing = telemetry.tracing
+        self._metering = telemetry.metering
+        self._ips: dict[str, str | None] = {}  # connection address -> its IP
         # Decision ids: a random per-process prefix and a counter: unique, and far cheaper
         # than a UUID per call.
         self._id_prefix = os.urandom(6).hex()
@@ -93,27 +108,33 @@ class AuthorizationService(pb_grpc.AuthorizationServicer):
         self, request: pb.AuthorizeRequest, context: grpc.ServicerContext
     ) -> pb.AuthorizeResponse:
         peer = self._gate.check(context, AUTHORIZE)
-        with self._telemetry.rpc_span(AUTHORIZE, self._metadata(context)) as span:
+        if not self._tracing:  # the hot path: nothing to add to a span
+            try:
+                if request.min_bundle_sequence:
+                    self._check_fresh(request.min_bundle_sequence)
+                return self._decide(request, self._call(peer), explain=request.explain)
+            except PdpError as exc:
+                abort_with(context, exc)
+        with self._telemetry.rpc_span(AUTHORIZE, context.invocation_metadata()) as span:
             try:
                 self._check_fresh(request.min_bundle_sequence)
-                response = self._decide(request, None, self._call(peer),
-                                        explain=request.explain)
+                response = self._decide(request, self._call(peer), explain=request.explain)
             except PdpError as exc:
                 span.error(exc)
                 abort_with(context, exc)
-            if self._tracing:
-                span.set("pdp.decision", "allow" if response.decision else "deny")
-                span.set("pdp.rule_id", response.rule_id)
-                span.set("pdp.bundle_version", response.bundle_version)
-                span.set("pdp.cached", response.cached)
-                span.set("pdp.caller", peer.identity)
+            span.set("pdp.decision", "allow" if response.decision else "deny")
+            span.set("pdp.rule_id", response.rule_id)
+            span.set("pdp.bundle_version", response.bundle_version)
+            span.set("pdp.cached", response.cached)
+            span.set("pdp.caller", peer.identity)
             return response
 
     def AuthorizeBatch(
         self, request: pb.AuthorizeBatchRequest, context: grpc.ServicerContext
     ) -> pb.AuthorizeBatchResponse:
         peer = self._gate.check(context, AUTHORIZE_BATCH)
-        with self._telemetry.rpc_span(AUTHORIZE_BATCH, self._metadata(context)) as span:
+        metadata = context.invocation_metadata() if self._tracing else ()
+        with self._telemetry.rpc_span(AUTHORIZE_BATCH, metadata) as span:
             try:
                 count = len(request.requests)
                 if count > self._max_batch:
@@ -127,20 +148,20 @@ class AuthorizationService(pb_grpc.AuthorizationServicer):
                 self._check_fresh(minimum)
                 # One caller, one address and one "now" for the whole batch.
                 call = self._call(peer)
-                responses = [
-                    self._decide(item, defaults, call, explain=False, where=f"requests[{i}].")
-                    for i, item in enumerate(request.requests)
-                ]
+                evaluate = self._evaluate
+                done = [evaluate(item, defaults, call, explain=False, index=i)
+                        for i, item in enumerate(request.requests)]
+                # One hand-over to the audit trail for the whole batch: all or none.
+                event = self._event
+                recorded = self._record([event(d, call) for d in done])
+                answer = self._answer
+                responses = [answer(d, call, recorded) for d in done]
             except PdpError as exc:
                 span.error(exc)
                 abort_with(context, exc)
             span.set("pdp.batch_size", count)
             span.set("pdp.caller", peer.identity)
             return pb.AuthorizeBatchResponse(responses=responses)
-
-    def _metadata(self, context: grpc.ServicerContext) -> Any:
-        # Reading the metadata costs a few µs; only tracing needs it.
-        return context.invocation_metadata() if self._tracing else ()
 
     # --- the decision -------------------------------------------------------------------------
 
@@ -154,20 +175,33 @@ class AuthorizationService(pb_grpc.AuthorizationServicer):
                     f"{minimum}; retry shortly or on another replica")
 
     def _call(self, peer: Peer) -> _Call:
-        # The gate already read the connection's address into the Peer: reuse it.
-        return _Call(peer, peer.address, peer_ip(peer.address), self._clock())
+        # The gate already read the connection's address into the Peer: reuse it, and its
+        # IP, parsed once per connection.
+        address = peer.address
+        ip = self._ips.get(address, _UNPARSED)
+        if ip is _UNPARSED:
+            if len(self._ips) >= 4096:
+                self._ips.clear()
+            ip = self._ips[address] = peer_ip(address)
+        return _Call(peer, address, ip, self._clock())
 
-    def _decide(
+    def _decide(self, item: pb.AuthorizeRequest, call: _Call, *,
+                explain: bool) -> pb.AuthorizeResponse:
+        """One Authorize: evaluate, audit, answer."""
+        done = self._evaluate(item, None, call, explain=explain)
+        return self._answer(done, call, self._record([self._event(done, call)]))
+
+    def _evaluate(
         self,
         item: pb.AuthorizeRequest,
         defaults: Defaults | None,
         call: _Call,
         *,
         explain: bool,
-        where: str = "",
-    ) -> pb.AuthorizeResponse:
-        started = time.perf_counter()
-        peer, now = call.peer, call.now
+        index: int | None = None,
+    ) -> _Done:
+        """The decision for one request (not yet audited). Runs once per decision."""
+        started = time.perf_counter() if self._metering else 0.0
         token = service_token_of(item, defaults)
         token_subject: str | None = None
         token_error: TokenError | None = None
@@ -176,36 +210,69 @@ class AuthorizationService(pb_grpc.AuthorizationServicer):
             if token_error is not None:
                 token_subject = ""  # never fall back to the request's own subject
         req = to_policy_request(item, defaults, peer_ip=call.ip, token_subject=token_subject,
-                                where=where)
-        policy = self._engine.policy
-        decision: Decision
-        traces: list[Any] = []
+                                where="" if index is None else f"requests[{index}].")
+        traces: Sequence[Any] = ()
         if token_error is not None:
+            policy = self._engine.policy
             decision = Decision(Effect.DENY, "", f"invalid service token: {token_error.reason}",
                                 policy.version if policy is not None else "")
-        elif explain and policy is not None and self._gate.allows(peer.identity, EXPLAIN_ACTION):
-            if self._engine.is_quarantined(req.subject.id, now):
-                decision = self._engine.decide(req, now=now)
-            else:
-                decision, traces = policy.explain(req, now=now)
+        elif explain:
+            decision, traces = self._explain(req, call)
         else:
-            decision = self._engine.decide(req, now=now)
-        decision_id = f"{self._id_prefix}-{next(self._ids)}"
-        if not self._record(decision, decision_id, req, call):
+            decision = self._engine.decide(req, now=call.now)
+        return _Done(req, decision, f"{self._id_prefix}-{next(self._ids)}", traces,
+                     token_error is None, started)
+
+    def _event(self, done: _Done, call: _Call) -> Event:
+        """The audit event of one decision."""
+        req, decision = done.request, done.decision
+        subject, resource = req.subject, req.resource
+        return Event(
+            type=EventType.DECISION, time=call.now, event_id=done.decision_id,
+            severity=Severity.INFO, actor=call.peer.identity, peer=call.address,
+            outcome="allow" if decision.effect is Effect.ALLOW else "deny",
+            details=DecisionDetails((  # in DECISION_KEYS order
+                subject.id, subject.type, req.action.name, resource.type, resource.id,
+                decision.rule_id, decision.bundle_version, decision.reason, decision.cached,
+                done.decision_id)),
+        )
+
+    def _record(self, events: list[Event]) -> bool:
+        """Queue the decisions' audit events (all or none); False when the trail refused
+        them."""
+        try:
+            self._events.emit_all(events)
+        except AuditUnavailableError:
+            return self._fail_open_audit
+        return True
+
+    def _answer(self, done: _Done, call: _Call, recorded: bool) -> pb.AuthorizeResponse:
+        """The response for one decision: DENY when its audit event was refused."""
+        decision = done.decision
+        if not recorded:
             decision = Decision(Effect.DENY, "", "audit unavailable", decision.bundle_version)
-        elif (self.shadow is not None and token_error is None
+        elif (self.shadow is not None and done.evaluated
               and decision.reason not in _NOT_EVALUATED):
             # Only real evaluations are compared; a quarantine is not the policy's answer.
-            self.shadow(req, decision, now)
-        self._telemetry.record_decision(
-            "allow" if decision.effect is Effect.ALLOW else "deny",
-            time.perf_counter() - started, decision.cached)
-        response = decision_to_pb(decision, decision_id)
-        for trace in traces:
+            self.shadow(done.request, decision, call.now)
+        if self._metering:
+            self._telemetry.record_decision(
+                "allow" if decision.effect is Effect.ALLOW else "deny",
+                time.perf_counter() - done.started, decision.cached)
+        response = decision_to_pb(decision, done.decision_id)
+        for trace in done.traces:
             response.explanation.add(rule_id=trace.rule_id, effect=trace.effect,
                                      matched=trace.matched, failed_part=trace.failed_part,
                                      detail=trace.detail)
         return response
+
+    def _explain(self, req: Request, call: _Call) -> tuple[Decision, Sequence[Any]]:
+        """The decision with its rule trace, for callers the system policy lets explain."""
+        policy = self._engine.policy
+        if (policy is None or not self._gate.allows(call.peer.identity, EXPLAIN_ACTION)
+                or self._engine.is_quarantined(req.subject.id, call.now)):
+            return self._engine.decide(req, now=call.now), []
+        return policy.explain(req, now=call.now)
 
     def _verify_token(self, token: str, call: _Call) -> tuple[str | None, TokenError | None]:
         if self._tokens is None:
@@ -223,23 +290,3 @@ class AuthorizationService(pb_grpc.AuthorizationServicer):
             with contextlib.suppress(AuditUnavailableError):  # the decision is a DENY anyway
                 self._events.emit(event)
             return None, exc
-
-    def _record(self, decision: Decision, decision_id: str, req: Request, call: _Call) -> bool:
-        """Queue the decision's audit event; False when the audit trail refused it."""
-        event = Event(
-            type=EventType.DECISION, time=call.now, event_id=decision_id,
-            severity=Severity.INFO, actor=call.peer.identity, peer=call.address,
-            outcome="allow" if decision.effect is Effect.ALLOW else "deny",
-            details={
-                "subject": req.subject.id, "subject_type": req.subject.type,
-                "action": req.action.name, "resource_type": req.resource.type,
-                "resource_id": req.resource.id, "rule_id": decision.rule_id,
-                "bundle_version": decision.bundle_version, "reason": decision.reason,
-                "cached": decision.cached, "decision_id": decision_id,
-            },
-        )
-        try:
-            self._events.emit(event)
-        except AuditUnavailableError:
-            return self._fail_open_audit
-        return True

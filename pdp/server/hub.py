@@ -6,7 +6,7 @@ it raises AuditUnavailableError when it cannot take an event, and the caller fai
 
 from __future__ import annotations
 
-from collections.abc import Sequence
+from collections.abc import Callable, Sequence
 
 from pdp.events import Event, EventSink
 
@@ -19,6 +19,10 @@ class EventHub:
     def __init__(self, audit: EventSink, observers: Sequence[EventSink] = ()) -> None:
         self._audit = audit
         self._observers = tuple(observers)
+        # Batch hand-overs: the sink's own emit_all where it has one (the audit trail and
+        # the detectors do), else one emit per event.
+        self._audit_all = _batch_of(audit)
+        self._observers_all = tuple(_batch_of(o) for o in self._observers)
 
     def emit(self, event: Event) -> None:
         """Record ``event``; raise AuditUnavailableError if the audit trail refused it.
@@ -31,3 +35,24 @@ class EventHub:
         finally:
             for observer in self._observers:
                 observer.emit(event)
+
+    def emit_all(self, events: Sequence[Event]) -> None:
+        """Record the decision events of one batch: the audit trail takes all or none
+        (raising AuditUnavailableError for none); observers see them either way."""
+        try:
+            self._audit_all(events)
+        finally:
+            for emit_all in self._observers_all:
+                emit_all(events)
+
+
+def _batch_of(sink: EventSink) -> Callable[[Sequence[Event]], None]:
+    emit_all: Callable[[Sequence[Event]], None] | None = getattr(sink, "emit_all", None)
+    if emit_all is not None:
+        return emit_all
+
+    def one_by_one(events: Sequence[Event]) -> None:
+        for event in events:
+            sink.emit(event)
+
+    return one_by_one

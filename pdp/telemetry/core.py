@@ -66,6 +66,11 @@ class Telemetry:
         """True when spans are recorded."""
         return self._tracer is not None
 
+    @property
+    def metering(self) -> bool:
+        """True when metrics are recorded (record_* calls are no-ops otherwise)."""
+        return self._metrics is not None
+
     def rpc_span(self, method: str, metadata: Metadata) -> AbstractContextManager[SpanHandle]:
         """A SERVER span for gRPC ``method`` (``/pdp.v1.Authorization/Authorize``) continuing
         the ``traceparent``/``tracestate`` of ``metadata``; the shared no-op when off."""

@@ -9,6 +9,7 @@ import pdp.policy
 from pdp.clock import FakeClock
 from pdp.policy import (
     Action,
+    Decision,
     DecisionCache,
     Effect,
     PolicyEngine,
@@ -213,3 +214,19 @@ def test_decision_cache_rejects_bad_settings() -> None:
         except ValueError:
             continue
         raise AssertionError(kwargs)
+
+
+def test_full_decision_cache_evicts_oldest_first_and_stays_bounded() -> None:
+    clock = FakeClock(1_000.0)
+    cache = DecisionCache(max_size=3, ttl=60, clock=clock)
+    decision = Decision(Effect.ALLOW, "r", "allowed by rule r", "v1")
+    for i in range(10):  # a churning, always-full cache: every put evicts one entry
+        cache.put(("k", i), decision)
+        assert cache.stats().size == min(i + 1, 3)
+    assert [cache.get(("k", i)) is not None for i in range(10)] == [False] * 7 + [True] * 3
+    hit = cache.get(("k", 9))
+    assert hit is not None and hit.cached and hit.rule_id == "r"
+    clock.advance(61)  # expired entries are dropped on read, and a new put still fits
+    assert cache.get(("k", 9)) is None
+    cache.put(("k", 10), decision)
+    assert cache.get(("k", 10)) is not None and len(cache._order) <= 3

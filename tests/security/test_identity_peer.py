@@ -164,3 +164,37 @@ def test_parse_cache_is_bounded(pki: SessionPKI) -> None:
     with pytest.raises(ValueError):
         PeerVerifier(StaticRevocation(), clock=FakeClock(), cache_size=0)
 
+
+
+class SwitchableRevocation:
+    """A CRL that changes while connections stay open."""
+
+    def __init__(self) -> None:
+        self.serials: frozenset[int] = frozenset()
+
+    def revoked_serials(self) -> frozenset[int]:
+        return self.serials
+
+
+def test_connection_address_reused_with_another_certificate_gets_that_identity(
+        pki: SessionPKI) -> None:
+    # Peers are kept per connection address: a new connection that reuses the port with a
+    # different certificate must be verified as that certificate, never as the cached one.
+    verifier, _ = make_verifier(pki.service.cert)
+    first = verifier.verify(FakeContext(pem_of(pki.service.cert)))
+    assert verifier.verify(FakeContext(pem_of(pki.service.cert))) is first  # reused
+    second = verifier.verify(FakeContext(pem_of(pki.admin.cert)))
+    assert second.identity.endswith("/admin") and second.serial == pki.admin.serial
+    assert first.identity.endswith("/svc/search")
+
+
+def test_certificate_revoked_while_its_connection_stays_open_is_refused_next_call(
+        pki: SessionPKI) -> None:
+    start, _ = validity(pki.service.cert)
+    crl = SwitchableRevocation()
+    verifier = PeerVerifier(crl, clock=FakeClock(start + 3600))
+    ctx = FakeContext(pem_of(pki.service.cert))
+    verifier.verify(ctx)
+    crl.serials = frozenset({pki.service.serial})
+    with pytest.raises(CertificateError, match="revoked"):
+        verifier.verify(ctx)

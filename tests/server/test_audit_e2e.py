@@ -11,7 +11,7 @@ from grpc_health.v1 import health_pb2, health_pb2_grpc
 
 from pdp.audit import verify
 from pdp.audit.records import list_files
-from pdp_client._proto import admin_pb2
+from pdp_client._proto import admin_pb2, authorization_pb2
 from tests.server.conftest import Harness, authorize_request
 
 
@@ -52,6 +52,10 @@ def test_unwritable_audit_denies_then_recovers(harness: Harness) -> None:
         _wait(lambda: not harness.server.audit.healthy)
         answer = stub.Authorize(authorize_request("alice", "read", "d2"), timeout=5)
         assert (answer.decision, answer.reason) == (0, "audit unavailable")
+        batch = stub.AuthorizeBatch(authorization_pb2.AuthorizeBatchRequest(requests=[
+            authorize_request("alice", "read", f"b{i}") for i in range(3)]), timeout=5)
+        assert [(r.decision, r.reason) for r in batch.responses] == [
+            (0, "audit unavailable")] * 3
         health = health_pb2_grpc.HealthStub(harness.channel(harness.pki.service))
         _wait(lambda: health.Check(health_pb2.HealthCheckRequest(), timeout=5).status
               == health_pb2.HealthCheckResponse.NOT_SERVING)
