@@ -72,12 +72,16 @@ class AuditLog:
         self.sampled_out = 0  # allow decisions dropped by sampling
         self.lost = 0  # events dropped (fail_open overflow, or unwritable at close)
         self._threshold = int(config.sample_allow * 2**64)
+        self._sampling = self._threshold < 2**64  # else every allow is kept: no hash
+        self._queue_size = config.queue_size
+        self._batch_max = config.batch_max
         self._sync = config.fsync != "never"
         self._cond = threading.Condition()  # guards _pending, _closing
         self._wlock = threading.Lock()  # the one writer order: held while records are chained
         self._pending: collections.deque[Event] = collections.deque()
         self._closing = False
         self._started = False
+        self._accepting = False  # started and not closing: the one flag the hot path reads
         self._thread: threading.Thread | None = None
         # chain state, only touched under _wlock
         self._fd: int | None = None
@@ -113,15 +117,49 @@ class AuditLog:
             except OSError as exc:
                 self._set_failed(exc)
         self._started = True
+        self._accepting = True
         self._thread = threading.Thread(target=self._run, name="pdp-audit-writer", daemon=True)
         self._thread.start()
 
     def emit(self, event: Event) -> None:
         """Accept ``event``; raises AuditUnavailableError when it cannot be kept."""
-        if event.type is EventType.DECISION:
-            self._emit_decision(event)
-        else:
+        if event.type is not EventType.DECISION:
             self._emit_sync(event)
+            return
+        # A decision: once per Authorize call on every gRPC thread, so no lock (deque append
+        # and len are atomic; a lock here made the handler threads convoy) and no call more
+        # than needed. The server stops taking calls before close(), so none races the close.
+        if self._sampling and event.outcome == "allow" and self._sampled_out(event):
+            return
+        pending = self._pending
+        if self.healthy and self._accepting and len(pending) < self._queue_size:
+            pending.append(event)
+            if len(pending) >= self._batch_max:
+                with self._cond:  # a full batch: write it now rather than at the next tick
+                    self._cond.notify()
+            return
+        self._emit_decision_refused(event)
+
+    def emit_all(self, events: Sequence[Event]) -> None:
+        """Accept the decision events of one batch, all or none; raises
+        AuditUnavailableError (having kept none) when they cannot all be kept."""
+        if any(e.type is not EventType.DECISION for e in events):
+            raise ValueError("emit_all takes decision events only")
+        if self._sampling:
+            events = [e for e in events
+                      if not (e.outcome == "allow" and self._sampled_out(e))]
+        pending = self._pending
+        if self.healthy and self._accepting and len(pending) + len(events) <= self._queue_size:
+            pending.extend(events)
+            if len(pending) >= self._batch_max:
+                with self._cond:
+                    self._cond.notify()
+            return
+        if self.healthy and self._accepting and not self.config.fail_open:
+            # Running, but the queue has no room for the whole batch: keep none of it.
+            raise AuditUnavailableError("audit unavailable: queue full")
+        for event in events:  # refused (the first raises) or kept fail-open, as one by one
+            self._emit_decision_refused(event)
 
     def probe(self) -> bool:
         """Try to make the log writable again (writes queued events); True when healthy."""
@@ -138,6 +176,7 @@ class AuditLog:
         """
         with self._cond:
             self._closing = True
+            self._accepting = False
             self._cond.notify_all()
         deadline = time.monotonic() + timeout
         if self._thread is not None:
@@ -160,31 +199,31 @@ class AuditLog:
 
     # --- emit paths -------------------------------------------------------------------
 
-    def _emit_decision(self, event: Event) -> None:
-        if event.outcome == "allow" and self._threshold < 2**64:
-            key = str(event.details.get("decision_id") or event.event_id).encode()
-            if int.from_bytes(hashlib.sha256(key).digest()[:8], "big") >= self._threshold:
-                self.sampled_out += 1
-                return
+    def _sampled_out(self, event: Event) -> bool:
+        key = str(event.details.get("decision_id") or event.event_id).encode()
+        if int.from_bytes(hashlib.sha256(key).digest()[:8], "big") >= self._threshold:
+            self.sampled_out += 1
+            return True
+        return False
+
+    def _emit_decision_refused(self, event: Event) -> None:
+        """A decision when the log is unhealthy, not running or full: raise, or fail open."""
         fail_open = self.config.fail_open
         if not self.healthy and not fail_open:
             raise AuditUnavailableError(f"audit unavailable: {self.last_error}")
-        # No lock on this path (it runs once per decision on every gRPC thread): deque
-        # append and len are atomic, and a lock here made the handler threads convoy.
-        # The server stops taking calls before close(), so no decision races the close.
         if self._closing or not self._started:
             if fail_open:
                 self.lost += 1
                 return
             raise AuditUnavailableError("audit unavailable: log not running")
-        if len(self._pending) >= self.config.queue_size:
+        if len(self._pending) >= self._queue_size:
             if fail_open:
                 self.lost += 1
                 return
             raise AuditUnavailableError("audit unavailable: queue full")
-        self._pending.append(event)
-        if len(self._pending) >= self.config.batch_max:
-            with self._cond:  # a full batch: write it now rather than at the next tick
+        self._pending.append(event)  # fail_open while unhealthy: kept for when it recovers
+        if len(self._pending) >= self._batch_max:
+            with self._cond:
                 self._cond.notify()
 
     def _emit_sync(self, event: Event) -> None:
@@ -242,8 +281,11 @@ class AuditLog:
         """Write queued events (all, or one batch); True unless a write failed."""
         while True:
             with self._cond:
-                count = len(self._pending) if limit is None else min(limit, len(self._pending))
-                batch = [self._pending.popleft() for _ in range(count)]
+                pending = self._pending
+                count = len(pending) if limit is None else min(limit, len(pending))
+                # popleft, not copy-and-clear: emitters append without holding _cond.
+                pop = pending.popleft
+                batch = [pop() for _ in range(count)]
             if not batch:
                 return True
             try:
@@ -335,13 +377,17 @@ class AuditLog:
                 raise OSError(errno.ESTALE, "audit file was removed or replaced")
             while written < len(events):
                 lines: list[bytes] = []
+                append = lines.append
                 size, seq, prev = self._size, self._seq, self._prev
-                for event in events[written:]:
+                for event in events[written:] if written else events:
                     line, digest = format_record(event, seq=seq + 1, prev=prev)
-                    if size and size + len(line) > limit:
+                    length = len(line)
+                    if size and size + length > limit:
                         break
-                    lines.append(line)
-                    size, seq, prev = size + len(line), seq + 1, digest
+                    append(line)
+                    size += length
+                    seq += 1
+                    prev = digest
                 if lines:
                     self._commit(lines, seq, prev)
                     written += len(lines)
@@ -380,11 +426,13 @@ class AuditLog:
                 for line in lines:
                     _write_all(fd, line)
                     os.fsync(fd)
+                size = offset + sum(map(len, lines))
             else:
-                _write_all(fd, b"".join(lines))
+                data = b"".join(lines)
+                _write_all(fd, data)
                 if self._sync:
                     os.fsync(fd)
-            size = offset + sum(len(line) for line in lines)
+                size = offset + len(data)
             write_head(self._dir, Head(seq, digest, file_name(self._number)), sync=self._sync)
         except OSError:
             with contextlib.suppress(OSError):  # _repair truncates again before the next write
@@ -481,6 +529,9 @@ class NullAuditLog:
 
     def emit(self, event: Event) -> None:
         """Discard ``event``."""
+
+    def emit_all(self, events: Sequence[Event]) -> None:
+        """Discard ``events``."""
 
     def start(self) -> None:
         """Nothing to start."""

@@ -7,6 +7,7 @@ from __future__ import annotations
 
 from collections.abc import Callable, Mapping
 from dataclasses import dataclass, field
+from types import MappingProxyType
 from typing import Any
 
 from pdp.detect._config import DenyRatioJumpConfig, DetectionConfig
@@ -29,19 +30,25 @@ RELEVANT_TYPES = frozenset(
 )
 
 _ADMIN_METHOD_PREFIX = "/pdp.v1.Admin/"
+_NO_DETAILS: Mapping[str, Any] = MappingProxyType({})
 # The `kind` of a replayed service token: the server reports TokenError.code, and a replay
 # is pdp.security.tokens.TokenReplayError, code "replayed_jti".
 REPLAY_KIND = "replayed_jti"
 
 
-@dataclass(frozen=True, slots=True, kw_only=True)
+@dataclass(slots=True, kw_only=True)
 class Hit:
-    """One event counted against one key; ``firing`` when the detector's condition holds."""
+    """One event counted against one key; ``firing`` when the detector's condition holds.
+
+    Read-only by convention: not a frozen dataclass only because a deny storm detector makes
+    one per deny, and a frozen one costs three times as much to build.
+    """
 
     key: str
     count: int  # events (or denies) in the window, this one included
     first_seen: float  # oldest event in the window
     firing: bool
+    # What the alert carries; may be left empty when not firing (only a firing hit raises one).
     details: Mapping[str, Any] = field(default_factory=dict)
     quarantine_subject: str = ""  # what to quarantine if this detector acts; "" = nothing
 
@@ -57,6 +64,19 @@ class Detector:
     quarantine_ttl: float
     observe: Callable[[Event], list[Hit]]
     tracked: Callable[[], int]  # keys held in its windows now (bounded by max_keys)
+    # The events ``observe`` can count: the pipeline gives it no others (for any other event
+    # it must return no hit and change nothing). ``outcomes`` narrows DECISION events by
+    # outcome; None means every decision.
+    types: frozenset[EventType] = RELEVANT_TYPES
+    outcomes: frozenset[str] | None = None
+
+    def sees(self, type_: EventType, outcome: str | None = None) -> bool:
+        """Whether events of ``type_`` (decisions: with ``outcome``, None = any other) reach it."""
+        if type_ not in self.types:
+            return False
+        if type_ is not EventType.DECISION or self.outcomes is None:
+            return True
+        return outcome is not None and outcome in self.outcomes
 
 
 # A selector picks from an event the (key, quarantine subject, details) it counts against.
@@ -191,6 +211,7 @@ def _deny_ratio(cfg: DenyRatioJumpConfig) -> Callable[[Event], list[Hit]]:
             and base >= cfg.min_baseline_events
             and recent_ratio - base_ratio >= cfg.threshold
         )
+        # Only a firing hit's details reach an alert; skip building them on every deny.
         details = {
             "recent_ratio": round(recent_ratio, 4),
             "baseline_ratio": round(base_ratio, 4),
@@ -199,7 +220,7 @@ def _deny_ratio(cfg: DenyRatioJumpConfig) -> Callable[[Event], list[Hit]]:
             "window": cfg.window,
             "baseline_window": cfg.baseline_window,
             "threshold": cfg.threshold,
-        }
+        } if firing else _NO_DETAILS
         first = event.time - cfg.window
         return [Hit(key="*", count=recent_denies, first_seen=first, firing=firing, details=details)]
 
@@ -209,15 +230,22 @@ def _deny_ratio(cfg: DenyRatioJumpConfig) -> Callable[[Event], list[Hit]]:
 def build_detectors(config: DetectionConfig) -> list[Detector]:
     """The enabled detectors of ``config``, each with fresh, bounded state."""
     out: list[Detector] = []
-    simple: list[tuple[str, Any, _Selector]] = [
-        ("deny_storm", config.deny_storm, _deny_storm),
-        ("auth_failure_burst", config.auth_failure_burst, _auth_failure),
-        ("token_replay", config.token_replay, _token_replay),
-        ("revoked_certificate", config.revoked_certificate, _revoked_certificate),
-        ("bundle_signature", config.bundle_signature, _bundle_signature),
-        ("admin_outsider", config.admin_outsider, _admin_outsider),
+    # Each selector with the event types (and decision outcomes) it can return keys for.
+    simple: list[tuple[str, Any, _Selector, frozenset[EventType], frozenset[str] | None]] = [
+        ("deny_storm", config.deny_storm, _deny_storm, frozenset({EventType.DECISION}),
+         frozenset({"deny"})),
+        ("auth_failure_burst", config.auth_failure_burst, _auth_failure,
+         frozenset(_AUTH_FAILURES), None),
+        ("token_replay", config.token_replay, _token_replay,
+         frozenset({EventType.TOKEN_REPLAY, EventType.AUTH_FAILURE_TOKEN}), None),
+        ("revoked_certificate", config.revoked_certificate, _revoked_certificate,
+         frozenset({EventType.AUTH_FAILURE_CERT}), None),
+        ("bundle_signature", config.bundle_signature, _bundle_signature,
+         frozenset({EventType.BUNDLE_SIGNATURE_FAILURE}), None),
+        ("admin_outsider", config.admin_outsider, _admin_outsider,
+         frozenset({EventType.PERMISSION_DENIED, EventType.AUTH_FAILURE_PEER}), None),
     ]
-    for name, cfg, select in simple:
+    for name, cfg, select, types, outcomes in simple:
         if not cfg.enabled:
             continue
         observe, windows = _threshold(
@@ -232,6 +260,8 @@ def build_detectors(config: DetectionConfig) -> list[Detector]:
                 quarantine_ttl=float(getattr(cfg, "quarantine_ttl", 0.0)),
                 observe=observe,
                 tracked=windows.__len__,
+                types=types,
+                outcomes=outcomes,
             )
         )
     jump = config.deny_ratio_jump
@@ -245,6 +275,8 @@ def build_detectors(config: DetectionConfig) -> list[Detector]:
                 quarantine_ttl=0.0,
                 observe=_deny_ratio(jump),
                 tracked=lambda: 1,
+                types=frozenset({EventType.DECISION}),
+                outcomes=frozenset({"allow", "deny"}),
             )
         )
     return out

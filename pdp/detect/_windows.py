@@ -64,29 +64,53 @@ class KeyedWindows:
 
 
 class BucketedRatio:
-    """Deny and total counts in fixed buckets covering a short window and its baseline."""
+    """Deny and total counts in fixed buckets covering a short window and its baseline.
+
+    :meth:`add` is O(1) and :meth:`counts` reads only the short window's buckets: running
+    sums cover all buckets, and the short window is the newest ones while bucket starts are
+    in time order (after the clock stepped back, it scans them all until that bucket is gone).
+    """
 
     def __init__(self, *, window: float, baseline_window: float, bucket: float) -> None:
         self._window = window
         self._span = window + baseline_window
         self._bucket = bucket
-        # [bucket start, total, denies]; at most span / bucket + 1 buckets ever.
-        self._buckets: deque[list[float]] = deque(maxlen=math.ceil(self._span / bucket) + 2)
+        # [bucket start, total, denies]; at most span / bucket + 1 buckets are in the span.
+        self._buckets: deque[list[float]] = deque()
+        self._max_buckets = math.ceil(self._span / bucket) + 2
+        self._total = 0.0  # sums over every bucket held
+        self._denies = 0.0
+        self._disorder = 0  # adjacent bucket pairs whose starts go back in time
 
     def add(self, now: float, deny: bool) -> None:
         """Count one decision at ``now``."""
         start = math.floor(now / self._bucket) * self._bucket
-        if self._buckets and self._buckets[-1][0] == start:
-            last = self._buckets[-1]
+        buckets = self._buckets
+        if buckets and buckets[-1][0] == start:
+            last = buckets[-1]
         else:
+            if len(buckets) >= self._max_buckets:  # bounded, whatever the clock does
+                self._drop_oldest()
+            if buckets and start < buckets[-1][0]:
+                self._disorder += 1
             last = [start, 0.0, 0.0]
-            self._buckets.append(last)
+            buckets.append(last)
         last[1] += 1
+        self._total += 1
         if deny:
             last[2] += 1
+            self._denies += 1
         horizon = now - self._span
-        while self._buckets and self._buckets[0][0] + self._bucket <= horizon:
-            self._buckets.popleft()
+        while buckets and buckets[0][0] + self._bucket <= horizon:
+            self._drop_oldest()
+
+    def _drop_oldest(self) -> None:
+        buckets = self._buckets
+        start, total, denies = buckets.popleft()
+        self._total -= total
+        self._denies -= denies
+        if buckets and buckets[0][0] < start:
+            self._disorder -= 1
 
     def counts(self, now: float) -> tuple[int, int, int, int]:
         """(recent total, recent denies, baseline total, baseline denies) as of ``now``.
@@ -95,12 +119,16 @@ class BucketedRatio:
         baseline is everything before, so a jump never dilutes its own baseline.
         """
         split = now - self._window
-        rt = rd = bt = bd = 0.0
-        for start, total, denies in self._buckets:
-            if start > split:
+        rt = rd = 0.0
+        if self._disorder:
+            for start, total, denies in self._buckets:
+                if start > split:
+                    rt += total
+                    rd += denies
+        else:
+            for start, total, denies in reversed(self._buckets):
+                if start <= split:
+                    break
                 rt += total
                 rd += denies
-            else:
-                bt += total
-                bd += denies
-        return int(rt), int(rd), int(bt), int(bd)
+        return int(rt), int(rd), int(self._total - rt), int(self._denies - rd)

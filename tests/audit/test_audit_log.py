@@ -241,6 +241,25 @@ def test_full_queue_refuses_decisions_and_close_loses_none(
         log.emit(decision("deny"))
 
 
+def test_a_batch_is_kept_whole_or_refused_whole(
+    make_log: Callable[..., AuditLog], tmp_path: Path
+) -> None:
+    log = make_log(queue_size=10, batch_max=10_000, flush_interval=60.0)
+    first = [decision("allow") for _ in range(6)]
+    log.emit_all(first)
+    assert log.queue_depth == 6
+    with pytest.raises(AuditUnavailableError, match="queue full"):
+        log.emit_all([decision("deny") for _ in range(5)])  # room for 4 of 5: none kept
+    assert log.queue_depth == 6
+    last = [decision("deny") for _ in range(4)]
+    log.emit_all(last)
+    with pytest.raises(ValueError, match="decision events only"):
+        log.emit_all([admin()])
+    log.close(timeout=10.0)
+    assert [r["event_id"] for r in records(tmp_path / "audit")] == [
+        e.event_id for e in first + last]
+
+
 def test_concurrent_emitters_keep_the_chain_linear(
     make_log: Callable[..., AuditLog], tmp_path: Path
 ) -> None:

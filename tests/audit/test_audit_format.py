@@ -1,0 +1,202 @@
+"""format_record's decision fast path writes exactly the bytes of the generic format_fields."""
+
+from __future__ import annotations
+
+import math
+import types
+from collections.abc import Mapping
+from dataclasses import dataclass, field
+from typing import Any
+
+import pytest
+from hypothesis import HealthCheck, assume, example, given, settings
+from hypothesis import strategies as st
+
+import pdp.events
+from pdp.audit.records import canonical, format_fields, format_record, record_hash
+from pdp.audit.verify import parse_record
+from pdp.events import Event, EventType, Severity
+
+# The server's decision details (a Mapping over a tuple), where pdp.events has them.
+ROW_DETAILS: Any = getattr(pdp.events, "DecisionDetails", None)
+PROPERTY = settings(max_examples=400, deadline=None, suppress_health_check=[HealthCheck.too_slow])
+
+KEYS = (
+    "subject", "subject_type", "action", "resource_type", "resource_id", "rule_id",
+    "bundle_version", "reason", "cached", "decision_id",
+)
+JWT = (
+    "eyJhbGciOiJFZERTQSIsInR5cCI6IkpXVCJ9."
+    "eyJzdWIiOiJzcGlmZmU6Ly9leGFtcGxlLm9yZy9zdmMifQ."
+    "c2lnbmF0dXJlc2lnbmF0dXJlc2lnbmF0dXJl"
+)
+PEM = "-----BEGIN PRIVATE KEY-----\nMC4CAQAwBQYDK2VwBCIEIOq\n-----END PRIVATE KEY-----\n"
+
+# Every code point, lone surrogates included (json escapes them as \udxxx).
+any_text = st.text(st.characters(codec=None, exclude_categories=()), max_size=40)
+tricky = st.sampled_from([
+    "", "eyJ", "eyJabcd.efgh.", "x eyJabcd.efgh.ijk y", JWT, PEM, "-----BEGIN", "-----BEGIN X",
+    "-----BEGIN CERTIFICATE-----", "\0", "\\", '"', "\\u0000", "\x7f", "é", "\u2028", "\ud800",
+    "😀", "\x00eyJ", "eyJ\x00abcd.efgh.ijk", "-----\x00BEGIN A-----",
+])
+text = st.one_of(
+    any_text,
+    tricky,
+    st.builds(lambda a, b, c: a + b + c, any_text, tricky, any_text),
+    st.from_regex(r"eyJ[A-Za-z0-9_-]{4,}\.[A-Za-z0-9_-]{4,}\.[A-Za-z0-9_-]*", fullmatch=True),
+    st.from_regex(r"-----BEGIN [A-Z0-9 ]+-----", fullmatch=False),
+)
+# Times around microsecond rounding edges (x.9999995 carries into the next second, halves
+# round to even) as well as arbitrary finite and non-finite floats.
+edge_time = st.builds(
+    lambda second, micros, nudge: second + micros / 1e6 + nudge,
+    st.integers(0, 4_102_444_800),
+    st.integers(0, 1_000_000),
+    st.sampled_from([0.0, 5e-7, -5e-7, 4.9999e-7, 5.0001e-7, 1e-9, -1e-9]),
+)
+times = st.one_of(
+    edge_time,
+    st.floats(min_value=0.0, max_value=4.2e9),
+    st.floats(allow_nan=True, allow_infinity=True),
+    st.sampled_from([0.0, 0.9999995, 1.9999995, 1_800_000_000.9999995, 1_800_000_000.0000005,
+                     1_800_000_000.5, 1e-7, 32503679999.999996, 32503680000.0, -0.5]),
+    st.integers(-10, 4_102_444_800),
+)
+severity = st.one_of(st.sampled_from(list(Severity)), any_text)
+cached = st.one_of(st.booleans(), st.sampled_from([None, 0, 1, "true", 1.0]))
+
+
+@dataclass(frozen=True, slots=True)
+class LightEvent:
+    """A stand-in for a lighter decision class: Event's attribute names, no dataclass kw."""
+
+    type: EventType
+    time: float
+    severity: Any
+    actor: Any
+    peer: Any
+    outcome: Any
+    details: Mapping[str, Any]
+    event_id: Any = field(default="e" * 32)
+
+
+def generic(event: Any, seq: int, prev: str) -> tuple[bytes, str]:
+    """The line and hash format_fields produces for ``event``."""
+    return format_fields(
+        time=event.time, event_id=event.event_id, type=str(event.type),
+        severity=str(event.severity), actor=event.actor, peer=event.peer,
+        outcome=event.outcome, details=event.details, seq=seq, prev=prev,
+    )
+
+
+def outcome_of(fn: Any, *args: Any) -> tuple[str, Any]:
+    try:
+        return "ok", fn(*args)
+    except Exception as exc:  # the generic path may raise (NaN time, ...): so must the fast
+        return "raised", type(exc)
+
+
+def check(event: Any, seq: int, prev: str) -> None:
+    fast = outcome_of(lambda: format_record(event, seq=seq, prev=prev))
+    assert fast == outcome_of(generic, event, seq, prev)
+    if fast[0] == "ok" and type(seq) is int:
+        line, digest = fast[1]
+        record = parse_record(line.rstrip(b"\n"))
+        assert record["hash"] == digest == record_hash(record)
+
+
+@PROPERTY
+@given(
+    values=st.fixed_dictionaries({k: text for k in KEYS if k != "cached"}),
+    cached=cached,
+    actor=text, peer=text, outcome=st.one_of(st.sampled_from(["allow", "deny"]), text),
+    moment=times, severity=severity, event_id=text,
+    seq=st.integers(0, 2**70), prev=st.one_of(st.just("0" * 64), any_text),
+    light=st.booleans(), shape=st.sampled_from(["dict", "proxy", "row"]),
+)
+@example(values={k: "x" for k in KEYS if k != "cached"}, cached=False, actor=JWT, peer=PEM,
+         outcome="deny", moment=1_800_000_000.9999995, severity=Severity.INFO,
+         event_id="e", seq=1, prev="0" * 64, light=False, shape="row")
+def test_a_decision_record_is_the_generic_record_byte_for_byte(
+    values: dict[str, str], cached: Any, actor: str, peer: str, outcome: str, moment: float,
+    severity: Any, event_id: str, seq: int, prev: str, light: bool, shape: str,
+) -> None:
+    details: Mapping[str, Any] = {**values, "cached": cached}
+    if shape == "proxy":
+        details = types.MappingProxyType(dict(details))
+    elif shape == "row" and ROW_DETAILS is not None:  # the server's decision details
+        details = ROW_DETAILS(tuple(details[key] for key in pdp.events.DECISION_KEYS))
+    cls: Any = LightEvent if light else Event
+    event = cls(type=EventType.DECISION, time=moment, severity=severity, actor=actor, peer=peer,
+                outcome=outcome, details=details, event_id=event_id)
+    check(event, seq, prev)
+
+
+@PROPERTY
+@given(
+    drop=st.sets(st.sampled_from(KEYS), max_size=2),
+    extra=st.dictionaries(st.one_of(any_text, st.integers()), st.one_of(
+        text, st.integers(), st.floats(), st.none(), st.lists(text, max_size=2)), max_size=2),
+    replace=st.dictionaries(st.sampled_from(KEYS), st.one_of(
+        st.integers(), st.floats(), st.none(), st.lists(text, max_size=2),
+        st.dictionaries(text, text, max_size=2)), max_size=2),
+    moment=times,
+)
+def test_a_decision_of_another_shape_falls_back_to_the_same_record(
+    drop: set[str], extra: dict[Any, Any], replace: dict[str, Any], moment: float
+) -> None:
+    details: dict[Any, Any] = {k: "v" for k in KEYS if k not in drop}
+    details.update(extra)
+    details.update(replace)
+    assume(details)
+    event = Event(type=EventType.DECISION, time=moment, actor="a", peer="p", outcome="deny",
+                  details=details)
+    check(event, 7, "1" * 64)
+
+
+class Shout(str):
+    """A str whose str() differs from its value."""
+
+    __slots__ = ()
+
+    def __str__(self) -> str:
+        return self.upper()
+
+
+def test_odd_keys_and_values_take_the_generic_path() -> None:
+    base = {k: "v" for k in KEYS} | {"cached": True}
+    odd: list[Mapping[Any, Any]] = [
+        {Shout(k) if k == "action" else k: v for k, v in base.items()},
+        base | {"action": Shout("read")},
+        base | {"cached": 1},
+        types.MappingProxyType(base),
+    ]
+    for details in odd:
+        for moment in (1_800_000_000.25, 1_800_000_000, -1.0, math.inf):
+            check(Event(type=EventType.DECISION, time=moment, details=details), 3, "2" * 64)
+    check(Event(type=EventType.DECISION, time=1.5, details=base), True, "2" * 64)
+
+
+def test_other_events_keep_the_generic_format() -> None:
+    event = Event(type=EventType.BUNDLE_PUSH, time=1_800_000_000.5, actor=JWT,
+                  details={"version": "3", "key": PEM, "n": 1.25})
+    line, digest = format_record(event, seq=9, prev="3" * 64)
+    assert (line, digest) == generic(event, 9, "3" * 64)
+    record = parse_record(line.rstrip(b"\n"))
+    assert record["actor"] == record["details"]["key"] == "[redacted]"
+
+
+@pytest.mark.parametrize(("moment", "text"), [
+    (1_800_000_000.0, "2027-01-15T08:00:00.000000Z"),
+    (1_800_000_000.9999995, "2027-01-15T08:00:01.000000Z"),  # carried into the next second
+    (1_800_000_059.9999999, "2027-01-15T08:01:00.000000Z"),
+    (0.0000005, "1970-01-01T00:00:00.000000Z"),  # half to even
+    (0.0000015, "1970-01-01T00:00:00.000002Z"),
+])
+def test_decision_times_round_like_datetime(moment: float, text: str) -> None:
+    details = {k: "v" for k in KEYS} | {"cached": False}
+    event = Event(type=EventType.DECISION, time=moment, details=details)
+    line, _ = format_record(event, seq=1, prev="0" * 64)
+    assert parse_record(line.rstrip(b"\n"))["time"] == text
+    assert line == generic(event, 1, "0" * 64)[0]
+    assert canonical(parse_record(line.rstrip(b"\n")))  # still canonical JSON
