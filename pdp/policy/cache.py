@@ -15,6 +15,8 @@ from pdp.policy.model import Decision
 
 __all__ = ["CacheStats", "DecisionCache"]
 
+_STEPS = 8  # deadlines are kept in 1/8 s steps
+
 
 @dataclass(frozen=True, slots=True)
 class CacheStats:
@@ -33,9 +35,10 @@ class DecisionCache:
     threads never queue behind one another. Measured on the Authorize path with 4 or more
     gRPC threads, a lock around cachetools' TTLCache cost about 45 µs of server CPU per call
     (threads convoying on the lock), three times the decision itself; this costs ~1 µs.
-    Entries live ``ttl`` seconds by the injected clock, or less when the decision depends on
-    a time window (each entry carries its own deadline, checked on every read). When full,
-    the oldest entries are evicted first (with one ttl for all, also the first to expire).
+    Entries live ``ttl`` seconds by the injected clock (deadlines rounded down to 1/8 s), or
+    less when the decision depends on a time window (each entry carries its own deadline,
+    checked on every read). When full, the oldest entries are evicted first (with one ttl
+    for all, also the first to expire).
     Raises ValueError for a non-positive size or ttl.
     """
 
@@ -56,6 +59,9 @@ class DecisionCache:
         # The cached twin (cached=True) of each decision object seen, so a put does not
         # copy a dataclass; keyed by id() with the original kept alive beside it.
         self._twins: dict[int, tuple[Decision, Decision]] = {}
+        # The latest (twin, until) entry of each twin, by id() of the twin (kept alive in
+        # _twins), for puts in the same 1/8 s to share.
+        self._entries: dict[int, tuple[Decision, float]] = {}
         # Statistics only: `+= 1` on an int attribute has no GIL release point between its
         # load and its store in CPython, so no lock is needed for them either.
         self._hits = 0
@@ -80,17 +86,25 @@ class DecisionCache:
     def put(self, key: Hashable, decision: Decision, *, expires: float = math.inf) -> None:
         """Store ``decision`` until ``expires`` (epoch seconds) or ttl from now, the earlier."""
         now = self._clock()
-        until = min(now + self.ttl, expires)
+        # Deadlines in steps of 1/8 s, rounded down (never later than asked), so that
+        # entries put in the same step with the same decision share one (decision, until)
+        # pair: 90 bytes less per entry of a full cache.
+        until = math.floor(min(now + self.ttl, expires) * _STEPS) / _STEPS
         if until <= now:
             return
         twin = self._twins.get(id(decision))
         if twin is None or twin[0] is not decision:
             if len(self._twins) >= self.max_size:
                 self._twins.clear()  # old bundles' decisions; rebuilt on demand
+                self._entries.clear()
             twin = (decision, replace(decision, cached=True))
             self._twins[id(decision)] = twin
+        cached = twin[1]
+        entry = self._entries.get(id(cached))
+        if entry is None or entry[0] is not cached or entry[1] != until:
+            entry = self._entries[id(cached)] = (cached, until)
         data, order = self._data, self._order
-        data[key] = (twin[1], until)
+        data[key] = entry
         order.append(key)
         while len(order) > self.max_size:
             try:
@@ -111,3 +125,4 @@ class DecisionCache:
         self._data.clear()
         self._order.clear()
         self._twins.clear()
+        self._entries.clear()

@@ -1,12 +1,15 @@
 """Compiles a bundle into an indexed, closure-based policy and evaluates requests on it.
 
-Rules are indexed by (action name, resource type); wildcard rules are merged in bundle
-order, so a decision only looks at rules that can apply.
+Rules are grouped by resource type at compile time (glob-typed rules merged in bundle
+order) and the (action, type) index is filled from the groups as keys are first asked, so
+a decision only looks at rules that can apply, and a big bundle's index costs one slot per
+type, not one per (action, type).
 """
 
 from __future__ import annotations
 
 import math
+import sys
 from collections.abc import Callable
 from dataclasses import dataclass
 from typing import Any
@@ -22,12 +25,12 @@ from pdp.policy.evaluate import (
     freeze,
     paths_read,
 )
-from pdp.policy.model import Bundle, Decision, Effect, Request, Rule, RuleTrace
+from pdp.policy.model import Bundle, Decision, Effect, Request, RuleTrace, SubjectMatch
 from pdp.policy.patterns import compile_glob, id_matcher, is_glob, pause_gc
 
 __all__ = ["CompiledPolicy", "compile_bundle"]
 
-_MEMO_LIMIT = 65_536  # most (action, resource type) keys outside the exact index remembered
+_MEMO_LIMIT = 65_536  # most (action, resource type) keys the index remembers
 _ALWAYS_KEYS = frozenset(
     {"subject.id", "subject.type", "action.name", "resource.id", "resource.type"}
 )
@@ -39,16 +42,23 @@ IdTest = Callable[[str], bool]
 
 
 @dataclass(frozen=True, slots=True)
-class _Compiled:
-    """One rule, compiled. ``entry`` is the tuple the hot loop unpacks."""
+class _Meta:
+    """What the index, explain and cache deadlines need of a rule beyond its hot-loop
+    entry; rules with the same actions and `when` (the loader shares repeated ones) share
+    one."""
 
-    index: int
-    rule: Rule
-    action_ok: IdTest | None
-    type_ok: IdTest | None
+    action_ok: IdTest | None  # None: every action
     when: Node | None
     windows: tuple[Window, ...]
-    entry: tuple[SubjectTest | None, IdTest | None, Any, Decision, _Compiled | None]
+
+
+_UNSET: Any = object()
+
+# One rule, compiled: what the hot loop unpacks. Nothing else is kept per rule (the
+# Decision's rule id and effect name it), so 100,000 rules cost one tuple and one Decision
+# each beyond the bundle (and a slot in the index); every test and condition is shared
+# between rules alike in it.
+Entry = tuple[SubjectTest | None, IdTest | None, Any, Decision, _Meta]
 
 
 def _pattern_test(pattern: str) -> IdTest | None:
@@ -77,12 +87,12 @@ def _lazy(patterns: tuple[str, ...]) -> IdTest | None:
     return test
 
 
-def _subject_test(rule: Rule, roles: Any) -> SubjectTest | None:
-    type_ok = _pattern_test(rule.subjects.type)
-    members = list(rule.subjects.ids)
-    for role in rule.subjects.roles:
+def _subject_test(subjects: SubjectMatch, roles: Any) -> SubjectTest | None:
+    type_ok = _pattern_test(subjects.type)
+    members = list(subjects.ids)
+    for role in subjects.roles:
         members.extend(roles[role])
-    if not members and not rule.subjects.roles:
+    if not members and not subjects.roles:
         id_ok = None
     elif not members:  # only empty roles: nobody
         return lambda stype, sid: False
@@ -105,76 +115,105 @@ class CompiledPolicy:
         self.digest = bundle.digest
         self.rule_count = len(bundle.rules)
         self._default = Decision(Effect.DENY, "", "default deny", version)
-        compiled = [self._compile(i, rule) for i, rule in enumerate(bundle.rules)]
-        self._wild = [c for c in compiled if not _exact(c.rule)]
-        self._index: dict[tuple[str, str], tuple[Any, ...]] = {}
-        self._build_index(compiled)
+        self._types: dict[str, tuple[Entry, ...]] = {}
+        self._wild: tuple[tuple[IdTest | None, Entry], ...] = ()
+        self._compile(bundle)
+        # (action, type) -> candidates, filled from _types on first use (bounded).
+        self._index: dict[tuple[str, str], tuple[Entry, ...]] = {}
         self._memo_count = 0
-        paths = set().union(*(paths_read(r.when) for r in bundle.rules if r.when is not None))
+        whens = {id(r.when): r.when for r in bundle.rules if r.when is not None}
+        paths = set().union(*(paths_read(w) for w in whens.values()))
         self._readers: tuple[Accessor, ...] = tuple(
             accessor(p) for p in sorted(paths - _ALWAYS_KEYS)
         )
         self._reads_peer = bundle.reads_peer
 
-    def _compile(self, i: int, rule: Rule) -> _Compiled:
-        windows: list[Window] = []
-        node = None
-        if rule.when is not None:
-            node = compile_condition(rule.when, "when", self.bundle.segments, windows)
-        verb = "allowed" if rule.effect is Effect.ALLOW else "denied"
-        decision = Decision(rule.effect, rule.id, f"{verb} by rule {rule.id}", self.version)
-        action_ok = None if "*" in rule.actions else _any_of(rule.actions)
-        c = _Compiled(
-            i,
-            rule,
-            action_ok,
-            _pattern_test(rule.resources.type),
-            node,
-            tuple(windows),
-            (None, None, None, decision, None),
+    def _compile(self, bundle: Bundle) -> None:
+        """One entry per rule, grouped by exact resource type in bundle order (rules with a
+        glob type merged into every group they match, and kept apart for other types);
+        tests and conditions are built once per distinct spelling."""
+        roles, segments, version = bundle.roles, bundle.segments, self.version
+        # Keyed by id(): the bundle keeps every part alive, and the loader shares equal ones.
+        subject_tests: dict[int, SubjectTest | None] = {}
+        id_tests: dict[tuple[str, ...], IdTest | None] = {(): None}
+        action_tests: dict[int, IdTest | None] = {}
+        nodes: dict[int, tuple[Any, Node, tuple[Window, ...]]] = {}
+        metas: dict[tuple[int, int], tuple[Any, _Meta]] = {}
+        entries: list[Entry] = []
+        append = entries.append
+        typed: dict[str, Any] = {}  # type -> the one rule's position, or several positions
+        globbed: list[tuple[int, IdTest | None]] = []  # rules with a glob type: (position, test)
+        new = object.__new__
+        set_effect, set_rule, set_reason, set_version, set_cached = (
+            vars(Decision)[name].__set__
+            for name in ("effect", "rule_id", "reason", "bundle_version", "cached")
         )
-        entry = (
-            _subject_test(rule, self.bundle.roles),
-            _lazy(rule.resources.ids),
-            node.fn if node is not None else None,
-            decision,
-            c,
-        )
-        object.__setattr__(c, "entry", entry)
-        return c
-
-    def _build_index(self, compiled: list[_Compiled]) -> None:
-        exact: dict[tuple[str, str], list[_Compiled]] = {}
-        by_action: dict[str, list[_Compiled]] = {}  # exact actions, wildcard type
-        by_type: dict[str, list[_Compiled]] = {}  # wildcard actions, exact type
-        anywhere: list[_Compiled] = []
-        for c in compiled:
-            rule = c.rule
-            glob_type = is_glob(rule.resources.type)
-            glob_action = any(is_glob(a) for a in rule.actions)
-            if not glob_type and not glob_action:
-                for a in dict.fromkeys(rule.actions):
-                    exact.setdefault((a, rule.resources.type), []).append(c)
-            elif not glob_action:
-                for a in dict.fromkeys(rule.actions):
-                    by_action.setdefault(a, []).append(c)
-            elif not glob_type:
-                by_type.setdefault(rule.resources.type, []).append(c)
+        verbs = {Effect.ALLOW: "allowed", Effect.DENY: "denied"}
+        for i, rule in enumerate(bundle.rules):
+            subj = subject_tests.get(id(rule.subjects), _UNSET)
+            if subj is _UNSET:
+                subj = subject_tests[id(rule.subjects)] = _subject_test(rule.subjects, roles)
+            ids = rule.resources.ids
+            res = id_tests.get(ids, _UNSET)
+            if res is _UNSET:
+                res = id_tests[ids] = _lazy(ids)
+            when, actions = rule.when, rule.actions
+            found = metas.get((id(actions), id(when)))
+            if found is None:
+                action_ok = action_tests.get(id(actions), _UNSET)
+                if action_ok is _UNSET:
+                    action_ok = action_tests[id(actions)] = _any_of(actions)
+                compiled = nodes.get(id(when))
+                if compiled is None and when is not None:
+                    windows: list[Window] = []
+                    node = compile_condition(when, "when", segments, windows)
+                    compiled = nodes[id(when)] = (node.fn, node, tuple(windows))
+                fn, node_or_none, window_list = compiled or (None, None, ())
+                found = metas[(id(actions), id(when))] = (
+                    fn,
+                    _Meta(action_ok, node_or_none, window_list),
+                )
+            fn, meta = found
+            decision: Decision = new(Decision)  # Decision(...) without the frozen __init__
+            set_effect(decision, rule.effect)
+            set_rule(decision, rule.id)
+            set_reason(decision, f"{verbs[rule.effect]} by rule {rule.id}")
+            set_version(decision, version)
+            set_cached(decision, False)
+            append((subj, res, fn, decision, meta))
+            rtype = rule.resources.type
+            if "*" in rtype or "?" in rtype or "[" in rtype:  # is_glob, inlined
+                globbed.append((i, _pattern_test(rtype)))
+                continue
+            at = typed.get(rtype)
+            if at is None:
+                typed[rtype] = i
+            elif type(at) is int:
+                typed[rtype] = [at, i]
             else:
-                anywhere.append(c)
-        for (a, t), rules in exact.items():
-            merged = list(rules)
-            merged += [c for c in by_action.get(a, ()) if c.type_ok is None or c.type_ok(t)]
-            merged += [c for c in by_type.get(t, ()) if c.action_ok is None or c.action_ok(a)]
-            merged += [c for c in anywhere if _applies(c, a, t)]
-            merged.sort(key=lambda c: c.index)
-            self._index[(a, t)] = tuple(c.entry for c in merged)
+                at.append(i)
+        types = self._types
+        for rtype, at in typed.items():
+            positions = [at] if type(at) is int else at
+            if globbed:
+                more = [i for i, type_ok in globbed if _ok(type_ok, rtype)]
+                if more:
+                    positions = sorted(positions + more)
+            types[rtype] = tuple([entries[i] for i in positions])
+        self._wild = tuple((type_ok, entries[i]) for i, type_ok in globbed)
 
     def _candidates(self, action: str, rtype: str) -> tuple[Any, ...]:
         key = (action, rtype)
         found = self._index.get(key)
         if found is None:
-            found = tuple(c.entry for c in self._wild if _applies(c, action, rtype))
+            typed = self._types.get(rtype)
+            if typed is None:  # no rule names this type: only glob-typed rules can apply
+                found = tuple(
+                    [e for t, e in self._wild if _ok(t, rtype) and _ok(e[4].action_ok, action)]
+                )
+            else:
+                kept = [e for e in typed if _ok(e[4].action_ok, action)]
+                found = typed if len(kept) == len(typed) else tuple(kept)
             if self._memo_count < _MEMO_LIMIT:  # bounded: unknown keys cannot grow memory
                 self._memo_count += 1
                 self._index[key] = found
@@ -231,18 +270,34 @@ class CompiledPolicy:
             key += tuple([v if type(v) in _PLAIN else freeze(v) for v in values])
         return key
 
+    def lasting_key(self, key: tuple[Any, ...]) -> tuple[Any, ...]:
+        """``key`` (from :meth:`cache_key`) as the cache should keep it: its strings shared
+        with every other key that repeats them (types, subject and action, peer, attribute
+        values), so a full cache holds one "alice", not 100,000. The resource id, usually
+        unique, is kept as it is."""
+        intern = sys.intern
+        version, stype, sid, action, rtype, rid, peer = key[:7]
+        try:
+            head = (version, intern(stype), intern(sid), intern(action), intern(rtype), rid,
+                    None if peer is None else intern(peer))
+        except TypeError:  # a field that is not a str (only from Python callers): as it is
+            return key
+        if len(key) == 7:
+            return head
+        return head + tuple([intern(v) if type(v) is str else v for v in key[7:]])
+
     def explain(self, request: Request, *, now: float) -> tuple[Decision, list[RuleTrace]]:
         """The decision plus a trace of every candidate rule walked, in order, until it."""
         decision = self.evaluate(request, now=now)
         traces = []
         for entry in self._candidates(request.action.name, request.resource.type):
-            c: _Compiled = entry[4]
-            effect = "allow" if c.rule.effect is Effect.ALLOW else "deny"
-            part, detail = _why_not(c, entry, request, now)
-            traces.append(RuleTrace(c.rule.id, effect, part == "", part, detail))
+            d = entry[3]
+            effect = "allow" if d.effect is Effect.ALLOW else "deny"
+            part, detail = _why_not(entry, request, now)
+            traces.append(RuleTrace(d.rule_id, effect, part == "", part, detail))
             if part == "" or part == "error":
                 if part == "error":
-                    traces[-1] = RuleTrace(c.rule.id, effect, False, "when", detail)
+                    traces[-1] = RuleTrace(d.rule_id, effect, False, "when", detail)
                 break
         return decision, traces
 
@@ -250,36 +305,34 @@ class CompiledPolicy:
         return f"CompiledPolicy(version={self.version!r}, rules={self.rule_count})"
 
 
-def _why_not(c: _Compiled, entry: Any, request: Request, now: float) -> tuple[str, str]:
-    subj, res, when = entry[0], entry[1], entry[2]
+def _why_not(entry: Entry, request: Request, now: float) -> tuple[str, str]:
+    subj, res, when, node = entry[0], entry[1], entry[2], entry[4].when
     s = request.subject
     if subj is not None and not subj(s.type, s.id):
         return "subject", f"subject {s.type}:{s.id} is not among the rule's subjects"
     if res is not None and not res(request.resource.id):
         return "resource", f"resource id {request.resource.id!r} is not among the rule's ids"
-    if when is None or c.when is None:
+    if when is None or node is None:
         return "", "matched"
     try:
         if when(request, now):
             return "", "matched"
-        return "when", explain(c.when, request, now)
+        return "when", explain(node, request, now)
     except EvalError as exc:
         return "error", f"evaluation error: {exc}"
 
 
-def _any_of(patterns: tuple[str, ...]) -> IdTest:
+def _any_of(patterns: tuple[str, ...]) -> IdTest | None:
+    if "*" in patterns:
+        return None
     if not any(is_glob(p) for p in patterns):
         return frozenset(patterns).__contains__
     tests = [_pattern_test(p) for p in patterns]
     return lambda value: any(t is None or t(value) for t in tests)
 
 
-def _exact(rule: Rule) -> bool:
-    return not is_glob(rule.resources.type) and not any(is_glob(a) for a in rule.actions)
-
-
-def _applies(c: _Compiled, action: str, rtype: str) -> bool:
-    return (c.action_ok is None or c.action_ok(action)) and (c.type_ok is None or c.type_ok(rtype))
+def _ok(test: IdTest | None, value: str) -> bool:
+    return test is None or test(value)
 
 
 def compile_bundle(bundle: Bundle, *, version: str, sequence: int = 0) -> CompiledPolicy:

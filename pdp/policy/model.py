@@ -160,13 +160,19 @@ class Bundle:
     roles: Mapping[str, tuple[str, ...]]
     rules: tuple[Rule, ...]
     digest: str
-    _canonical: bytes = field(repr=False)
+    # Empty unless given: the loader hashes the canonical form without keeping it (at
+    # 100,000 rules it is 20 MB), and canonical_bytes() rebuilds it from the rules.
+    _canonical: bytes = field(repr=False, default=b"")
     reads_clock: bool = False  # some rule has a time_window condition
     reads_peer: bool = False  # some rule has a peer_in_segment condition
 
     def canonical_bytes(self) -> bytes:
         """The canonical JSON form the digest is computed over."""
-        return self._canonical
+        if self._canonical:
+            return self._canonical
+        from pdp.policy.loader import canonical_bytes  # the loader defines the form
+
+        return canonical_bytes(self.name, self.revision, self.segments, self.roles, self.rules)
 
     def __eq__(self, other: object) -> bool:
         return isinstance(other, Bundle) and other.digest == self.digest

@@ -94,13 +94,13 @@ class AdminService(pb_grpc.AdminServicer):
     ) -> pb.PushBundleResponse:
         actor = self._begin(context, "PushBundle")
         try:
-            if len(request.bundle) > self._max_bundle_bytes:
+            data = request.bundle  # read once: each read of a bytes field is a new copy
+            if len(data) > self._max_bundle_bytes:
                 raise BundleTooLargeError(
-                    f"{len(request.bundle)} bytes; at most {self._max_bundle_bytes}",
-                    source="push")
+                    f"{len(data)} bytes; at most {self._max_bundle_bytes}", source="push")
             try:
-                valid = self._manager.validate(request.bundle, request.signature,
-                                               request.key_id, source="push")
+                valid = self._manager.validate(data, request.signature, request.key_id,
+                                               source="push")
             except BundleSignatureError as exc:
                 self._audit(context, actor, EventType.BUNDLE_SIGNATURE_FAILURE, "failure",
                             {"reason": exc.message, "key_id": request.key_id},
@@ -109,7 +109,8 @@ class AdminService(pb_grpc.AdminServicer):
             stored = self._manager.store(valid, by=actor)
             activated = False
             if request.activate:
-                self._manager.activate(stored.version, by=actor, bundle=valid.bundle)
+                self._manager.activate(stored.version, by=actor, bundle=valid.bundle,
+                                       stored=stored)
                 activated = True
             self._audit(context, actor, EventType.BUNDLE_PUSH, "success",
                         {"version": stored.version, "digest": stored.digest,

@@ -7,7 +7,10 @@ bytes (digest and signature) before one atomic swap in the engine.
 
 from __future__ import annotations
 
+import ctypes
+import ctypes.util
 import logging
+import sys
 import threading
 from collections.abc import Callable
 from dataclasses import dataclass
@@ -21,6 +24,28 @@ from pdp.store import Activation, BundleStore, StoredBundle
 __all__ = ["BundleManager", "Validated"]
 
 log = logging.getLogger(__name__)
+
+
+def _malloc_trim() -> Callable[[int], int] | None:
+    name = ctypes.util.find_library("c")
+    try:
+        trim: Callable[[int], int] = ctypes.CDLL(name).malloc_trim  # glibc only
+    except (OSError, AttributeError, TypeError):
+        return None
+    return trim
+
+
+_TRIM = _malloc_trim() if sys.platform.startswith("linux") else None
+
+
+def _release_free_memory() -> None:
+    """Give the C heap's free pages back to the system (glibc's malloc_trim; elsewhere a no-op).
+
+    Loading a large bundle goes through buffers as big as the bundle (the pushed bytes, their
+    text, the store's copy); freed, they stay in the process's resident set until trimmed.
+    """
+    if _TRIM is not None:
+        _TRIM(0)
 
 
 @dataclass(frozen=True, slots=True)
@@ -60,7 +85,8 @@ class BundleManager:
         self._state: object = object()
         # Compiled policies by version, so that a push, its activation and the sync that
         # follows parse and compile a bundle once, not three times (seconds at 100k rules).
-        # Bounded: the active, the shadow and a just-pushed version.
+        # Bounded: after every sync only the active and the shadow version stay (a policy
+        # of 100,000 rules is ~70 MB; a replaced one must not outlive its activation).
         self._compiled: dict[tuple[str, str], CompiledPolicy] = {}
 
     # --- validation --------------------------------------------------------------------------
@@ -116,14 +142,24 @@ class BundleManager:
             now=self._clock(),
         )
 
-    def activate(self, version: str, *, by: str, bundle: Bundle | None = None) -> StoredBundle:
+    def activate(
+        self,
+        version: str,
+        *,
+        by: str,
+        bundle: Bundle | None = None,
+        stored: StoredBundle | None = None,
+    ) -> StoredBundle:
         """Activate a stored version everywhere (store first), then here; return it.
 
         The bundle is compiled before the store's pointer moves, so a version that cannot
-        serve is never made active. ``bundle``: its validated parse, when the caller has it.
+        serve is never made active. ``bundle``: its validated parse, and ``stored``: the
+        record :meth:`store` just returned, when the caller has them (the store checks the
+        bytes it holds again as it activates them).
         """
         with self._lock:
-            stored = self._store.get(version)
+            if stored is None or stored.version != version:
+                stored = self._store.get(version)
             self.compile_stored(stored, bundle=bundle)
             self._store.activate(version, by=by, now=self._clock())
             self.sync()
@@ -150,9 +186,19 @@ class BundleManager:
         what it serves.
         """
         with self._lock:
+            before = self._engine.policy
             self._sync_active()
             self._sync_quarantine()
             self._sync_shadow()
+            self._prune()
+            if self._engine.policy is not before:
+                del before  # the replaced policy goes now, and its memory with it
+                _release_free_memory()
+
+    def _prune(self) -> None:
+        keep = {self._activation.version if self._activation else None, self._shadow_version}
+        for key in [k for k in self._compiled if k[0] not in keep]:
+            del self._compiled[key]
 
     def sync_if_changed(self) -> None:
         """Sync when the store's state token moved (cheap to call often)."""
@@ -160,19 +206,34 @@ class BundleManager:
         if token != self._state:
             self._state = token
             self.sync()
+            # Also the buffers of a push that just returned (its request, the bytes it
+            # stored), freed only after its own sync.
+            _release_free_memory()
 
     def _sync_active(self) -> None:
-        current = self._store.active()
-        if current is None:
+        # The activation first: the bundle (megabytes, checksummed on every read) is read
+        # only when it is newer than what the engine serves.
+        latest = self._store.activation()
+        if latest is None or (
+            self._activation is not None and latest.sequence <= self._activation.sequence
+        ):
             return
-        activation, stored = current
-        if self._activation is not None and activation.sequence <= self._activation.sequence:
-            return
-        try:
-            policy = self.compile_stored(stored)
-        except (BundleError, StoreCorruptError) as exc:
-            log.error("refusing to activate stored bundle %s: %s", stored.version, exc)
-            raise
+        # Just compiled from checked bytes (this replica's push or activation): no need to
+        # read them again.
+        policy = next((p for (v, _), p in self._compiled.items() if v == latest.version), None)
+        activation = latest
+        if policy is None:
+            current = self._store.active()
+            if current is None:
+                return
+            activation, stored = current
+            if self._activation is not None and activation.sequence <= self._activation.sequence:
+                return
+            try:
+                policy = self.compile_stored(stored)
+            except (BundleError, StoreCorruptError) as exc:
+                log.error("refusing to activate stored bundle %s: %s", stored.version, exc)
+                raise
         self._engine.activate(policy)
         self._activation = activation
         if self._on_activated is not None:

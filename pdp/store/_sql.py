@@ -214,6 +214,11 @@ class SqlStore(BundleStore):
                 return None
             return current[0], self._get(tx, current[0].version)
 
+    def activation(self) -> Activation | None:
+        with self._transaction(write=False, what="reading the activation") as tx:
+            current = self._current(tx)
+            return None if current is None else current[0]
+
     def set_shadow(self, version: str | None, *, by: str, now: float) -> None:
         with self._transaction(write=True, what="setting the shadow version") as tx:
             tx.lock_state()

@@ -126,6 +126,11 @@ class BundleStore(abc.ABC):
     def active(self) -> tuple[Activation, StoredBundle] | None:
         """The current activation and its bundle, or None; StoreCorruptError if altered."""
 
+    def activation(self) -> Activation | None:
+        """The current activation without its bundle (cheap: no bundle bytes are read)."""
+        current = self.active()
+        return None if current is None else current[0]
+
     @abc.abstractmethod
     def set_shadow(self, version: str | None, *, by: str, now: float) -> None:
         """Set (or clear with None) the shadow version; UnknownVersionError if absent."""

@@ -1,0 +1,147 @@
+"""Big-bundle paths of the loader and compiler: JSON read rule by rule, repeated rule parts
+validated once and shared, the canonical digest unchanged, compiled policies that free; and
+what a full decision cache keeps per entry."""
+
+from __future__ import annotations
+
+import copy
+import gc
+import hashlib
+import json
+import weakref
+from pathlib import Path
+from typing import Any
+
+import pytest
+
+from pdp.clock import FakeClock
+from pdp.errors import BundleError, BundleTooLargeError
+from pdp.policy import (
+    Action,
+    Decision,
+    DecisionCache,
+    Effect,
+    Limits,
+    Request,
+    Resource,
+    Subject,
+    compile_bundle,
+    load_bundle,
+    load_bundle_file,
+)
+
+EXAMPLE = Path(__file__).resolve().parents[2] / "examples" / "bundle.yaml"
+
+OWNER = {"attr": "resource.properties.owner", "eq": {"attr": "subject.id"}}
+
+
+def _doc(n: int = 6) -> dict[str, Any]:
+    rules = [
+        {"id": f"r{i}", "effect": "allow" if i % 2 else "deny",
+         "subjects": {"type": "user"}, "actions": ["read", f"act{i % 3}"],
+         "resources": {"type": f"kind{i}"}, "when": copy.deepcopy(OWNER)}
+        for i in range(n)
+    ]
+    return {"metadata": {"name": "big", "revision": "1"}, "rules": rules}
+
+
+def _error(doc: Any) -> BundleError:
+    with pytest.raises(BundleError) as info:
+        load_bundle(json.dumps(doc))
+    return info.value
+
+
+def test_the_example_bundle_keeps_its_digest() -> None:
+    # Signatures are over this digest: the canonical form must never change.
+    bundle = load_bundle_file(EXAMPLE)
+    assert bundle.digest == "9c8a994e160775e031d0dc17826e4554072d1851a8ed11b9b3728361346c986c"
+    assert hashlib.sha256(bundle.canonical_bytes()).hexdigest() == bundle.digest
+
+
+def test_json_with_rules_last_or_first_loads_to_the_same_bundle() -> None:
+    doc = _doc()
+    rules_first = {"rules": doc["rules"], "metadata": doc["metadata"]}
+    streamed, whole = load_bundle(json.dumps(doc)), load_bundle(json.dumps(rules_first))
+    assert streamed.digest == whole.digest == load_bundle(json.dumps(doc, indent=2)).digest
+    assert streamed.rules == whole.rules
+
+
+def test_rules_alike_share_their_parts() -> None:
+    bundle = load_bundle(json.dumps(_doc()))
+    first, later = bundle.rules[0], bundle.rules[3]
+    assert first.when is later.when and first.subjects is later.subjects
+    assert first.actions is later.actions
+
+
+def test_a_fault_in_a_part_met_before_is_named_at_its_rule() -> None:
+    doc = _doc()
+    doc["rules"][4]["when"] = {"attr": "resource.properties.owner", "gte": {"attr": "subject.id"}}
+    err = _error(doc)
+    assert err.location == 'rules[4] (id "r4").when'
+    assert err.message == 'unknown operator "gte"'
+    doc = _doc()
+    doc["rules"][5]["actions"] = ["read", 1]
+    err = _error(doc)
+    assert err.location == 'rules[5] (id "r5").actions[1]'
+
+
+def test_look_alike_values_are_not_taken_for_each_other() -> None:
+    # repr() keys tell 1, 1.0 and True apart: each keeps its own canonical form.
+    doc = _doc(3)
+    for rule, value in zip(doc["rules"], (1, 1.0, True), strict=True):
+        rule["when"] = {"attr": "subject.properties.level", "eq": value}
+    rules = load_bundle(json.dumps(doc)).rules
+    assert [r.when["eq"] for r in rules if r.when] == [1, 1.0, True]
+    assert type(rules[2].when["eq"]) is bool if rules[2].when else False
+
+
+def test_duplicate_keys_and_trailing_garbage_are_still_refused() -> None:
+    text = json.dumps(_doc(2))
+    with pytest.raises(BundleError, match="duplicate key 'id'"):
+        load_bundle(text.replace('"id": "r1"', '"id": "r1", "id": "r9"'))
+    with pytest.raises(BundleError, match="invalid"):
+        load_bundle(text + " {}")
+
+
+def test_the_rule_limit_holds_on_the_streaming_path() -> None:
+    with pytest.raises(BundleTooLargeError):
+        load_bundle(json.dumps(_doc(6)), limits=Limits(max_rules=5))
+
+
+def test_a_replaced_policy_is_freed_without_the_cycle_collector() -> None:
+    policy = compile_bundle(load_bundle(json.dumps(_doc())), version="1-a")
+    assert policy.evaluate  # compiled
+    ref = weakref.ref(policy)
+    gc.disable()
+    try:
+        del policy
+        assert ref() is None  # no reference cycles: a 100,000-rule policy goes at once
+    finally:
+        gc.enable()
+
+
+def test_a_kept_cache_key_equals_the_asked_one_and_shares_its_strings() -> None:
+    policy = compile_bundle(load_bundle(json.dumps(_doc())), version="1-a")
+
+    def request(rid: str) -> Request:
+        fresh = "".join(["al", "ice"])  # a new str object, as the wire gives each call
+        return Request(Subject("user", fresh), Action("read"), Resource("kind1", rid,
+                                                                         {"owner": fresh}))
+
+    first, second = (policy.cache_key(request(r)) for r in ("a", "b"))
+    kept = [policy.lasting_key(k) for k in (first, second)]
+    assert kept == [first, second]
+    assert kept[0][2] is kept[1][2] and kept[0][-1] is kept[1][-1]  # one "alice"
+    odd = (*first[:2], 7, *first[3:])  # a non-str field from a Python caller: kept as is
+    assert policy.lasting_key(odd) == odd
+
+
+def test_cache_deadlines_round_down_never_up() -> None:
+    clock = FakeClock(1000.3)
+    cache = DecisionCache(ttl=60, clock=clock)
+    decision = Decision(Effect.ALLOW, "r", "allowed by rule r", "v1")
+    cache.put(("k",), decision)
+    clock.advance(59.8)
+    assert cache.get(("k",)) is not None
+    clock.advance(0.2)  # 1060.3: ttl is over
+    assert cache.get(("k",)) is None
