@@ -82,7 +82,7 @@ class PolicyEngine:
                 return hit
             decision, expires, error = policy.decide_for_cache(request, now)
             if not error:  # errors are rare and each one is counted: never cached
-                cache.put(policy.lasting_key(key), decision, expires=expires)
+                cache.put(policy.lasting_key(key), decision, expires=expires, now=now)
         if error:
             with self._lock:
                 self._errors += 1

@@ -189,7 +189,12 @@ class AuthorizationService(pb_grpc.AuthorizationServicer):
                 explain: bool) -> pb.AuthorizeResponse:
         """One Authorize: evaluate, audit, answer."""
         done = self._evaluate(item, None, call, explain=explain)
-        return self._answer(done, call, self._record([self._event(done, call)]))
+        try:
+            self._events.emit(self._event(done, call))
+            recorded = True
+        except AuditUnavailableError:
+            recorded = self._fail_open_audit
+        return self._answer(done, call, recorded)
 
     def _evaluate(
         self,
