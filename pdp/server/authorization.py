@@ -189,12 +189,7 @@ class AuthorizationService(pb_grpc.AuthorizationServicer):
                 explain: bool) -> pb.AuthorizeResponse:
         """One Authorize: evaluate, audit, answer."""
         done = self._evaluate(item, None, call, explain=explain)
-        try:
-            self._events.emit(self._event(done, call))
-            recorded = True
-        except AuditUnavailableError:
-            recorded = self._fail_open_audit
-        return self._answer(done, call, recorded)
+        return self._answer(done, call, self._record([self._event(done, call)]))
 
     def _evaluate(
         self,
@@ -246,7 +241,10 @@ class AuthorizationService(pb_grpc.AuthorizationServicer):
         """Queue the decisions' audit events (all or none); False when the trail refused
         them."""
         try:
-            self._events.emit_all(events)
+            if len(events) == 1:
+                self._events.emit(events[0])  # Authorize's one event: the plain path
+            else:
+                self._events.emit_all(events)
         except AuditUnavailableError:
             return self._fail_open_audit
         return True
