@@ -24,6 +24,7 @@ from pdp.policy import load_bundle
 from pdp.security.pki import DevPKI, make_dev_pki
 from pdp.security.signing import generate_bundle_key, sign_digest
 from pdp_client._proto import admin_pb2, admin_pb2_grpc
+from tests.ports import free_port
 
 __all__ = [
     "BenchEnv",
@@ -68,14 +69,6 @@ trusted_keys = {{ bench = "{public_key}" }}
 [cache]
 max_size = {cache_size}
 """
-
-
-def free_port() -> int:
-    """A TCP port on 127.0.0.1 that was free a moment ago."""
-    with socket.socket() as s:
-        s.bind(("127.0.0.1", 0))
-        port: int = s.getsockname()[1]
-        return port
 
 
 def pinned(cores: str | None) -> list[str]:

@@ -29,6 +29,7 @@ from pdp_client._proto import (
     authorization_pb2_grpc,
     identity_pb2_grpc,
 )
+from tests.ports import free_port
 
 __all__ = [
     "ADMIN_URL",
@@ -155,13 +156,6 @@ def terminate_backends(dbname: str, *, app_prefixes: Sequence[str] = (),
         return len(admin.execute(sql, params).fetchall())
 
 
-def _free_port() -> int:
-    with socket.socket() as s:
-        s.bind(("127.0.0.1", 0))
-        port: int = s.getsockname()[1]
-        return port
-
-
 def _channel(target: str, certs: Certs, cert: Path, key: Path) -> grpc.Channel:
     creds = grpc.ssl_channel_credentials(certs.ca.read_bytes(), key.read_bytes(),
                                          cert.read_bytes())
@@ -261,7 +255,7 @@ class Cluster:
         for name in names:
             d = self.directory / name
             d.mkdir(exist_ok=True)
-            data_port, admin_port = _free_port(), _free_port()
+            data_port, admin_port = free_port(), free_port()
             config = d / "pdp.toml"
             config.write_text(CONFIG.format(
                 name=name, data_port=data_port, admin_port=admin_port,

@@ -5,7 +5,6 @@ from __future__ import annotations
 
 import os
 import signal
-import socket
 import subprocess
 import sys
 import threading
@@ -21,15 +20,10 @@ from pdp.security.signing import generate_bundle_key
 from pdp.server.app import wait_for_port
 from pdp.store import open_store
 from pdp_client._proto import admin_pb2, admin_pb2_grpc, authorization_pb2_grpc
+from tests.ports import free_port
 from tests.server.conftest import TEST_BUNDLE, authorize_request, channel, make_config
 
 pytestmark = pytest.mark.slow
-
-
-def free_port() -> int:
-    with socket.socket() as s:
-        s.bind(("127.0.0.1", 0))
-        return int(s.getsockname()[1])
 
 
 class Proc:
