@@ -65,6 +65,18 @@ def test_full_queue_drops_and_counts_without_blocking(clock: FakeClock) -> None:
         pipeline.close(timeout=1)
 
 
+def test_a_batch_fills_the_queue_to_its_bound_and_the_rest_is_counted(clock: FakeClock) -> None:
+    config = build_section(DetectionConfig, {"queue_size": 10}, where="[detection]")
+    pipeline = DetectionPipeline(config, clock=clock, quarantine=None, sinks=[])
+    try:  # not started: nothing drains the queue
+        pipeline.emit_all([decision(clock, "user:z") for _ in range(6)])
+        pipeline.emit_all([decision(clock, "user:z") for _ in range(6)])  # room for 4 of 6
+        stats = pipeline.stats()
+        assert (stats.queued, stats.dropped) == (10, 2)
+    finally:
+        pipeline.close(timeout=1)
+
+
 def test_emit_after_close_is_dropped_not_raised(
     make_pipeline: MakePipeline, clock: FakeClock
 ) -> None:
