@@ -1,12 +1,14 @@
 """The floor: a no-op Authorization server on the same stack as `pdp serve`, to measure against.
 
-Same sync grpc server, thread pool, options and TLS 1.3-only credentials (pdp.security.tls);
+Same sync grpc server, thread pool, options (pdp.server.app.data_server_options), TLS
+1.3-only credentials (pdp.security.tls) and frozen start-up state (gc.freeze) as `pdp serve`;
 Authorize returns a constant ALLOW and does nothing else. Run: python -m benchmarks.floor.
 """
 
 from __future__ import annotations
 
 import argparse
+import gc
 import signal
 import sys
 import threading
@@ -17,6 +19,8 @@ import grpc
 
 from pdp.clock import system_clock
 from pdp.security.tls import ServerTLS, TLSConfig
+from pdp.server.app import data_server_options
+from pdp.server.config import ServerConfig
 from pdp_client._proto import authorization_pb2 as pb
 from pdp_client._proto import authorization_pb2_grpc as pb_grpc
 
@@ -44,7 +48,8 @@ def serve(port: int, *, threads: int, cert: Path, key: Path, ca: Path,
     """Start the floor server on 127.0.0.1:port (mTLS 1.3 unless ``plaintext``)."""
     server = grpc.server(
         futures.ThreadPoolExecutor(max_workers=threads, thread_name_prefix="floor"),
-        options=[("grpc.so_reuseport", 1)], maximum_concurrent_rpcs=threads * 64)
+        options=data_server_options(ServerConfig().max_message_bytes, share_port=False),
+        maximum_concurrent_rpcs=threads * 64)
     pb_grpc.add_AuthorizationServicer_to_server(NoopAuthorization(), server)
     address = f"127.0.0.1:{port}"
     if plaintext:
@@ -53,6 +58,7 @@ def serve(port: int, *, threads: int, cert: Path, key: Path, ca: Path,
         tls = ServerTLS(TLSConfig(cert_file=cert, key_file=key, ca_file=ca), clock=system_clock)
         server.add_secure_port(address, tls.credentials())
     server.start()
+    gc.freeze()  # as `pdp serve` does once started: start-up state leaves the collector's view
     return server
 
 

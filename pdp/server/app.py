@@ -51,12 +51,20 @@ from pdp.store import QuarantineEntry, open_configured
 from pdp.telemetry import Telemetry
 from pdp_client._proto import admin_pb2, admin_pb2_grpc, authorization_pb2_grpc, identity_pb2_grpc
 
-__all__ = ["PDPServer"]
+__all__ = ["PDPServer", "data_server_options"]
 
 log = logging.getLogger(__name__)
 
 HEALTH_INTERVAL = 0.5  # seconds between health / quarantine-expiry checks
 KEY_PRUNE_INTERVAL = 60.0  # seconds between removals of retired token-signing keys
+
+
+def data_server_options(max_message_bytes: int, *, share_port: bool) -> list[tuple[str, int]]:
+    """The data listener's gRPC server options (benchmarks.floor serves with the same)."""
+    return [("grpc.max_receive_message_length", max_message_bytes),
+            ("grpc.max_send_message_length", max_message_bytes),
+            # Only worker processes share the port; a lone server owns it.
+            ("grpc.so_reuseport", 1 if share_port else 0)]
 
 
 class PDPServer:
@@ -172,10 +180,7 @@ class PDPServer:
         srv = self.config.server
         self._data_server = grpc.server(
             futures.ThreadPoolExecutor(max_workers=srv.threads, thread_name_prefix="pdp-data"),
-            options=[("grpc.max_receive_message_length", srv.max_message_bytes),
-                     ("grpc.max_send_message_length", srv.max_message_bytes),
-                     # Only worker processes share the port; a lone server owns it.
-                     ("grpc.so_reuseport", 1 if srv.workers > 1 else 0)],
+            options=data_server_options(srv.max_message_bytes, share_port=srv.workers > 1),
             maximum_concurrent_rpcs=srv.threads * 64,
         )
         authorization_pb2_grpc.add_AuthorizationServicer_to_server(
