@@ -19,6 +19,7 @@ from pdp.clock import Clock
 from pdp.errors import (
     AuditUnavailableError,
     PdpError,
+    RequestError,
     RequestTooLargeError,
     StaleReplicaError,
     TokenError,
@@ -148,9 +149,7 @@ class AuthorizationService(pb_grpc.AuthorizationServicer):
                 self._check_fresh(minimum)
                 # One caller, one address and one "now" for the whole batch.
                 call = self._call(peer)
-                evaluate = self._evaluate
-                done = [evaluate(item, defaults, call, explain=False, index=i)
-                        for i, item in enumerate(request.requests)]
+                done = self._evaluate_all(request.requests, defaults, call)
                 # One hand-over to the audit trail for the whole batch: all or none.
                 event = self._event
                 recorded = self._record([event(d, call) for d in done])
@@ -191,6 +190,19 @@ class AuthorizationService(pb_grpc.AuthorizationServicer):
         done = self._evaluate(item, None, call, explain=explain)
         return self._answer(done, call, self._record([self._event(done, call)]))
 
+    def _evaluate_all(self, items: Sequence[pb.AuthorizeRequest], defaults: Defaults | None,
+                      call: _Call) -> list[_Done]:
+        """A batch's decisions; a bad item's error names it (``requests[3].subject.id``),
+        a prefix built only when there is an error."""
+        evaluate = self._evaluate
+        done = []
+        for i, item in enumerate(items):
+            try:
+                done.append(evaluate(item, defaults, call, explain=False))
+            except RequestError as exc:
+                raise RequestError(exc.message, field=f"requests[{i}].{exc.field}") from None
+        return done
+
     def _evaluate(
         self,
         item: pb.AuthorizeRequest,
@@ -198,7 +210,6 @@ class AuthorizationService(pb_grpc.AuthorizationServicer):
         call: _Call,
         *,
         explain: bool,
-        index: int | None = None,
     ) -> _Done:
         """The decision for one request (not yet audited). Runs once per decision."""
         started = time.perf_counter() if self._metering else 0.0
@@ -209,8 +220,7 @@ class AuthorizationService(pb_grpc.AuthorizationServicer):
             token_subject, token_error = self._verify_token(token, call)
             if token_error is not None:
                 token_subject = ""  # never fall back to the request's own subject
-        req = to_policy_request(item, defaults, peer_ip=call.ip, token_subject=token_subject,
-                                where="" if index is None else f"requests[{index}].")
+        req = to_policy_request(item, defaults, peer_ip=call.ip, token_subject=token_subject)
         traces: Sequence[Any] = ()
         if token_error is not None:
             policy = self._engine.policy

@@ -126,7 +126,6 @@ def to_policy_request(
     *,
     peer_ip: str | None,
     token_subject: str | None = None,
-    where: str = "",
 ) -> Request:
     """Build the engine's Request; raise RequestError naming the missing or bad field.
 
@@ -137,9 +136,9 @@ def to_policy_request(
     if defaults is None:  # Authorize, and batch items without defaults: the hot path
         return Request(
             Subject("service", token_subject, EMPTY) if token_subject is not None
-            else _subject(item.subject, where),
-            _action(item.action, where),
-            _resource(item.resource, where),
+            else _subject(item.subject, ""),
+            _action(item.action, ""),
+            _resource(item.resource, ""),
             struct_to_dict(item.context) if item.HasField("context") else EMPTY,
             peer_ip)
     if token_subject is not None:
@@ -147,15 +146,15 @@ def to_policy_request(
     elif defaults.subject is not None and not item.HasField("subject"):
         subj = defaults.subject
     else:
-        subj = _subject(item.subject, where)
+        subj = _subject(item.subject, "")
     if defaults.action is not None and not item.HasField("action"):
         act = defaults.action
     else:
-        act = _action(item.action, where)
+        act = _action(item.action, "")
     if defaults.resource is not None and not item.HasField("resource"):
         res = defaults.resource
     else:
-        res = _resource(item.resource, where)
+        res = _resource(item.resource, "")
     if item.HasField("context"):
         ctx: Mapping[str, Any] = struct_to_dict(item.context)
     elif defaults.context is not None:

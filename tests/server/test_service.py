@@ -62,6 +62,24 @@ def test_batch_keeps_order_and_applies_defaults(harness: Harness) -> None:
         (ALLOW, "read-docs"), (DENY, "deny-secret"), (DENY, "")]
 
 
+def test_bad_batch_item_is_named_and_refuses_the_whole_batch(harness: Harness) -> None:
+    defaults = authorize_request("alice", "read", "")
+    items = [authorization_pb2.AuthorizeRequest() for _ in range(3)]
+    items[0].resource.type, items[0].resource.id = "doc", "d1"
+    items[1].resource.id = "d2"  # no resource type
+    items[2].resource.type, items[2].resource.id = "doc", "x" * 1025
+    with pytest.raises(grpc.RpcError) as err:
+        harness.authz().AuthorizeBatch(
+            authorization_pb2.AuthorizeBatchRequest(defaults=defaults, requests=items), timeout=5)
+    assert err.value.code() == grpc.StatusCode.INVALID_ARGUMENT
+    assert err.value.details() == "requests[1].resource.type: is required"
+    defaults.subject.id = ""
+    with pytest.raises(grpc.RpcError) as err:
+        harness.authz().AuthorizeBatch(
+            authorization_pb2.AuthorizeBatchRequest(defaults=defaults, requests=items), timeout=5)
+    assert err.value.details() == "defaults.subject.id: is required"
+
+
 def test_batch_over_the_limit_is_resource_exhausted(harness: Harness) -> None:
     items = [authorize_request("a", "read", str(i)) for i in range(1001)]
     with pytest.raises(grpc.RpcError) as err:
