@@ -153,14 +153,18 @@ class AuthorizationService(pb_grpc.AuthorizationServicer):
                 # One hand-over to the audit trail for the whole batch: all or none.
                 event = self._event
                 recorded = self._record([event(d, call) for d in done])
-                answer = self._answer
-                responses = [answer(d, call, recorded) for d in done]
+                # Answers are added to the response in place: building each one and passing
+                # the list would copy every message once more.
+                response = pb.AuthorizeBatchResponse()
+                add, final = response.responses.add, self._final
+                for d in done:
+                    decision_to_pb(final(d, call, recorded), d.decision_id, make=add)
             except PdpError as exc:
                 span.error(exc)
                 abort_with(context, exc)
             span.set("pdp.batch_size", count)
             span.set("pdp.caller", peer.identity)
-            return pb.AuthorizeBatchResponse(responses=responses)
+            return response
 
     # --- the decision -------------------------------------------------------------------------
 
@@ -261,6 +265,16 @@ class AuthorizationService(pb_grpc.AuthorizationServicer):
 
     def _answer(self, done: _Done, call: _Call, recorded: bool) -> pb.AuthorizeResponse:
         """The response for one decision: DENY when its audit event was refused."""
+        response = decision_to_pb(self._final(done, call, recorded), done.decision_id)
+        for trace in done.traces:
+            response.explanation.add(rule_id=trace.rule_id, effect=trace.effect,
+                                     matched=trace.matched, failed_part=trace.failed_part,
+                                     detail=trace.detail)
+        return response
+
+    def _final(self, done: _Done, call: _Call, recorded: bool) -> Decision:
+        """The decision to answer: DENY when its audit event was refused. Compares it with
+        the shadow bundle and counts it in the metrics, when those are on."""
         decision = done.decision
         if not recorded:
             decision = Decision(Effect.DENY, "", "audit unavailable", decision.bundle_version)
@@ -272,12 +286,7 @@ class AuthorizationService(pb_grpc.AuthorizationServicer):
             self._telemetry.record_decision(
                 "allow" if decision.effect is Effect.ALLOW else "deny",
                 time.perf_counter() - done.started, decision.cached)
-        response = decision_to_pb(decision, done.decision_id)
-        for trace in done.traces:
-            response.explanation.add(rule_id=trace.rule_id, effect=trace.effect,
-                                     matched=trace.matched, failed_part=trace.failed_part,
-                                     detail=trace.detail)
-        return response
+        return decision
 
     def _explain(self, req: Request, call: _Call) -> tuple[Decision, Sequence[Any]]:
         """The decision with its rule trace, for callers the system policy lets explain."""
