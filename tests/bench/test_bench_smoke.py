@@ -49,6 +49,8 @@ def test_quick_run_end_to_end(tmp_path: Path) -> None:
     assert out["tls_handshake"]["mtls"]["p50_ms"] > 0
     assert out["tokens"]["verify_p50_us"] > 0
     assert "sequential p50 <= 1.05x floor" in out["targets"]
+    # The floor's own batch(100) row is measured: the ceiling of the 20x target.
+    assert out["targets"]["batch(100) >= 20x single decisions/s"]["floor_batch_ratio"] > 0
 
 
 @pytest.mark.slow
