@@ -25,7 +25,8 @@ from ._model import (
     ServiceToken,
     SubjectLike,
     decision_from_wire,
-    request_to_wire,
+    put_request,
+    put_request_parts,
     unavailable_decision,
 )
 from ._proto import authorization_pb2 as pb
@@ -86,9 +87,10 @@ def single_to_wire(
         raise InvalidRequestError("action and resource are required")
     if subject is None and not service_token:
         raise InvalidRequestError("a subject or a service_token is required")
-    item = {"subject": subject, "action": action, "resource": resource, "context": context,
-            "service_token": service_token}
-    return request_to_wire(item, explain=explain, min_bundle_sequence=min_bundle_sequence)
+    msg = pb.AuthorizeRequest()
+    put_request_parts(msg, subject, action, resource, context, service_token, explain,
+                      min_bundle_sequence, "request")
+    return msg
 
 
 def batch_to_wire(
@@ -96,13 +98,13 @@ def batch_to_wire(
     min_bundle_sequence: int,
 ) -> pb.AuthorizeBatchRequest:
     """The AuthorizeBatchRequest; raise InvalidRequestError naming the malformed item."""
-    items = [request_to_wire(r, explain=explain, min_bundle_sequence=min_bundle_sequence,
-                             where=f"requests[{i}]") for i, r in enumerate(requests)]
-    msg = pb.AuthorizeBatchRequest(requests=items)
+    msg = pb.AuthorizeBatchRequest()
+    add = msg.requests.add
+    for i, r in enumerate(requests):
+        put_request(add(), r, explain, min_bundle_sequence, f"requests[{i}]")
     if defaults is not None:
-        msg.defaults.CopyFrom(request_to_wire(defaults, explain=explain,
-                                              min_bundle_sequence=min_bundle_sequence,
-                                              where="defaults"))
+        msg.defaults.SetInParent()
+        put_request(msg.defaults, defaults, explain, min_bundle_sequence, "defaults")
     return msg
 
 

@@ -7,7 +7,7 @@ from __future__ import annotations
 
 import enum
 from collections.abc import Mapping
-from dataclasses import dataclass, field
+from dataclasses import dataclass, field, fields
 from typing import Any, TypeAlias
 
 from google.protobuf import json_format, struct_pb2
@@ -30,6 +30,8 @@ __all__ = [
     "Subject",
     "SubjectLike",
     "decision_from_wire",
+    "put_request",
+    "put_request_parts",
     "request_to_wire",
     "unavailable_decision",
 ]
@@ -134,17 +136,76 @@ class ServiceToken:
         return cls(token=msg.token, expires_at=msg.expires_at, key_id=msg.key_id, jti=msg.jti)
 
 
+# Containers nested deeper than this go to ParseDict (whose own limit, 100 messages, counts a
+# Struct or ListValue and each Value: well above 2 * this).
+_FAST_NESTING = 32
+
+
+def _fill_struct(out: struct_pb2.Struct, value: dict[Any, Any], depth: int) -> bool:
+    """Fill `out` from `value` making exactly the calls ParseDict makes, for the values it takes
+    as they are: str keys; str, bool, int, float and None leaves; dict, list and tuple containers
+    (exact types: no user code runs). False, with `out` partly filled, at anything else."""
+    fields = out.fields
+    for key, item in value.items():
+        if type(key) is not str or not _fill_value(fields[key], item, depth):
+            return False
+    return True
+
+
+def _fill_value(out: struct_pb2.Value, item: Any, depth: int) -> bool:
+    """One Value of `_fill_struct` (a dict's or a list's item)."""
+    cls = type(item)
+    if cls is str:
+        out.string_value = item
+    elif cls is bool:
+        out.bool_value = item
+    elif cls is int or cls is float:
+        out.number_value = item
+    elif item is None:
+        out.null_value = struct_pb2.NULL_VALUE
+    elif depth >= _FAST_NESTING:
+        return False
+    elif cls is dict:
+        inner = out.struct_value
+        inner.Clear()
+        return _fill_struct(inner, item, depth + 1)
+    elif cls is list or cls is tuple:
+        items = out.list_value
+        items.ClearField("values")
+        add = items.values.add
+        return all(_fill_value(add(), x, depth + 1) for x in item)
+    else:
+        return False
+    return True
+
+
+def _put_struct(out: struct_pb2.Struct, value: Any, where: str, part: str) -> None:
+    """Set the unset Struct field `out` from a JSON-like mapping (not None), as
+    json_format.ParseDict does; raise InvalidRequestError naming `where + part` otherwise."""
+    if type(value) is not dict and not isinstance(value, Mapping):
+        raise InvalidRequestError(
+            f"{where}{part}: expected a mapping, got {type(value).__name__}")
+    out.SetInParent()
+    try:
+        js = value if type(value) is dict else dict(value)
+        try:
+            done = _fill_struct(out, js, 0)
+        except Exception:  # ParseDict below redoes it and decides
+            done = False
+        if not done:  # into a fresh Struct, as before: `out` may be partly filled
+            fresh = struct_pb2.Struct()
+            json_format.ParseDict(js, fresh)
+            out.CopyFrom(fresh)
+    except (json_format.ParseError, TypeError, ValueError) as exc:
+        raise InvalidRequestError(f"{where}{part}: not JSON-like: {exc}") from None
+
+
 def _struct(value: Mapping[str, Any] | None, where: str) -> struct_pb2.Struct | None:
     """A protobuf Struct from a JSON-like mapping; raise InvalidRequestError for other values."""
     if value is None:
         return None
-    if not isinstance(value, Mapping):
-        raise InvalidRequestError(f"{where}: expected a mapping, got {type(value).__name__}")
     out = struct_pb2.Struct()
-    try:
-        json_format.ParseDict(dict(value), out)
-    except (json_format.ParseError, TypeError, ValueError) as exc:
-        raise InvalidRequestError(f"{where}: not JSON-like: {exc}") from None
+    _put_struct(out, value, where, "")
     return out
 
 
@@ -168,32 +229,95 @@ def _text(value: Any, where: str) -> str:
     return value
 
 
-def _subject(value: SubjectLike, where: str) -> pb.Subject:
-    f = _fields(value, Subject, ("type", "id", "properties"), where)
-    return pb.Subject(
-        type=_text(f["type"], f"{where}.type"),
-        id=_text(f["id"], f"{where}.id"),
-        properties=_struct(f["properties"], f"{where}.properties"),
-    )
+# The builders below fill a message in place (no intermediate messages, no copies), checking
+# and setting in the order the keyword constructors used to: a part's strings are checked, then
+# its properties filled, then its strings set. Error locations are formatted only on error.
+
+_TYPED_KEYS = ("type", "id", "properties")  # Subject and Resource
+_ACTION_KEYS = ("name", "properties")
+_REQUEST_KEYS = ("subject", "action", "resource", "context", "service_token")
 
 
-def _action(value: ActionLike, where: str) -> pb.Action:
+def _put_typed(out: pb.Subject | pb.Resource, value: SubjectLike | ResourceLike,
+               cls: type[Subject] | type[Resource], where: str, part: str) -> None:
+    """Fill a Subject or a Resource message (type, id, properties) from ``value``."""
+    if isinstance(value, cls):
+        type_, id_, props = value.type, value.id, value.properties
+    else:
+        f = _fields(value, cls, _TYPED_KEYS, f"{where}{part}")
+        type_, id_, props = f["type"], f["id"], f["properties"]
+    if type(type_) is not str:
+        type_ = _text(type_, f"{where}{part}.type")
+    if type(id_) is not str:
+        id_ = _text(id_, f"{where}{part}.id")
+    out.SetInParent()
+    if props is not None:
+        _put_struct(out.properties, props, where, f"{part}.properties")
+    out.type = type_
+    out.id = id_
+
+
+def _put_action(out: pb.Action, value: ActionLike, where: str) -> None:
     if isinstance(value, str):
-        return pb.Action(name=value)
-    f = _fields(value, Action, ("name", "properties"), where)
-    return pb.Action(
-        name=_text(f["name"], f"{where}.name"),
-        properties=_struct(f["properties"], f"{where}.properties"),
-    )
+        out.SetInParent()
+        out.name = value
+        return
+    f = _fields(value, Action, _ACTION_KEYS, f"{where}.action")
+    name, props = f["name"], f["properties"]
+    if type(name) is not str:
+        name = _text(name, f"{where}.action.name")
+    out.SetInParent()
+    if props is not None:
+        _put_struct(out.properties, props, where, ".action.properties")
+    out.name = name
 
 
-def _resource(value: ResourceLike, where: str) -> pb.Resource:
-    f = _fields(value, Resource, ("type", "id", "properties"), where)
-    return pb.Resource(
-        type=_text(f["type"], f"{where}.type"),
-        id=_text(f["id"], f"{where}.id"),
-        properties=_struct(f["properties"], f"{where}.properties"),
-    )
+def _put_flags(out: pb.AuthorizeRequest, explain: bool, min_bundle_sequence: int) -> None:
+    # As keyword arguments of the constructor: None leaves the field unset.
+    if explain is not None:
+        out.explain = explain
+    if min_bundle_sequence is not None:
+        out.min_bundle_sequence = min_bundle_sequence
+
+
+def put_request_parts(
+    out: pb.AuthorizeRequest, subject: SubjectLike | None, action: ActionLike | None,
+    resource: ResourceLike | None, context: Mapping[str, Any] | None, service_token: str | None,
+    explain: bool, min_bundle_sequence: int, where: str,
+) -> None:
+    """Fill the empty `out` as request_to_wire does for an item of these parts."""
+    if min_bundle_sequence < 0:
+        raise InvalidRequestError(f"{where}.min_bundle_sequence: must not be negative")
+    if context is not None:
+        _put_struct(out.context, context, where, ".context")
+    if service_token is not None:  # (None: the field stays "")
+        if type(service_token) is not str:
+            service_token = _text(service_token, f"{where}.service_token")
+        out.service_token = service_token
+    _put_flags(out, explain, min_bundle_sequence)
+    if subject is not None:
+        _put_typed(out.subject, subject, Subject, where, ".subject")
+    if action is not None:
+        _put_action(out.action, action, where)
+    if resource is not None:
+        _put_typed(out.resource, resource, Resource, where, ".resource")
+
+
+def put_request(
+    out: pb.AuthorizeRequest, item: RequestLike | None, explain: bool, min_bundle_sequence: int,
+    where: str,
+) -> None:
+    """Fill the empty `out` as request_to_wire does; raise InvalidRequestError if malformed."""
+    if item is None:
+        _put_flags(out, explain, min_bundle_sequence)
+        return
+    if isinstance(item, AccessRequest):
+        put_request_parts(out, item.subject, item.action, item.resource, item.context,
+                          item.service_token, explain, min_bundle_sequence, where)
+        return
+    f = _fields(item, AccessRequest, _REQUEST_KEYS, where)
+    put_request_parts(out, f["subject"], f["action"], f["resource"], f["context"],
+                      f["service_token"], explain, min_bundle_sequence, where)
 
 
 def request_to_wire(
@@ -201,42 +325,46 @@ def request_to_wire(
     where: str = "request",
 ) -> pb.AuthorizeRequest:
     """Build an AuthorizeRequest (missing parts unset); raise InvalidRequestError if malformed."""
-    if item is None:
-        return pb.AuthorizeRequest(explain=explain, min_bundle_sequence=min_bundle_sequence)
-    keys = ("subject", "action", "resource", "context", "service_token")
-    f = _fields(item, AccessRequest, keys, where)
-    if min_bundle_sequence < 0:
-        raise InvalidRequestError(f"{where}.min_bundle_sequence: must not be negative")
-    msg = pb.AuthorizeRequest(
-        context=_struct(f["context"], f"{where}.context"),
-        service_token=_text(f["service_token"], f"{where}.service_token"),
-        explain=explain,
-        min_bundle_sequence=min_bundle_sequence,
-    )
-    if f["subject"] is not None:
-        msg.subject.CopyFrom(_subject(f["subject"], f"{where}.subject"))
-    if f["action"] is not None:
-        msg.action.CopyFrom(_action(f["action"], f"{where}.action"))
-    if f["resource"] is not None:
-        msg.resource.CopyFrom(_resource(f["resource"], f"{where}.resource"))
+    msg = pb.AuthorizeRequest()
+    put_request(msg, item, explain, min_bundle_sequence, where)
     return msg
+
+
+# Decision and RuleTrace are built as their dataclass __init__ builds them (object.__setattr__
+# of every field, in order) minus the keyword binding: the values are the same frozen objects.
+_DECISION_FIELDS = ("decision", "rule_id", "bundle_version", "reason", "decision_id", "cached",
+                    "explanation")
+_RULE_TRACE_FIELDS = ("rule_id", "effect", "matched", "failed_part", "detail")
+if (tuple(f.name for f in fields(Decision)) != _DECISION_FIELDS
+        or tuple(f.name for f in fields(RuleTrace)) != _RULE_TRACE_FIELDS):
+    raise ImportError("decision_from_wire is out of step with the Decision/RuleTrace fields")
+_ALLOW = pb.DECISION_ALLOW
+_new = object.__new__
+_set = object.__setattr__
+
+
+def _rule_trace(t: pb.RuleTrace) -> RuleTrace:
+    r = _new(RuleTrace)
+    _set(r, "rule_id", t.rule_id)
+    _set(r, "effect", t.effect)
+    _set(r, "matched", t.matched)
+    _set(r, "failed_part", t.failed_part)
+    _set(r, "detail", t.detail)
+    return r
 
 
 def decision_from_wire(msg: pb.AuthorizeResponse) -> Decision:
     """A Decision from a response; any value other than DECISION_ALLOW is a DENY."""
-    effect = Effect.ALLOW if msg.decision == pb.DECISION_ALLOW else Effect.DENY
-    return Decision(
-        decision=effect,
-        rule_id=msg.rule_id,
-        bundle_version=msg.bundle_version,
-        reason=msg.reason,
-        decision_id=msg.decision_id,
-        cached=msg.cached,
-        explanation=tuple(
-            RuleTrace(t.rule_id, t.effect, t.matched, t.failed_part, t.detail)
-            for t in msg.explanation
-        ),
-    )
+    d = _new(Decision)
+    _set(d, "decision", Effect.ALLOW if msg.decision == _ALLOW else Effect.DENY)
+    _set(d, "rule_id", msg.rule_id)
+    _set(d, "bundle_version", msg.bundle_version)
+    _set(d, "reason", msg.reason)
+    _set(d, "decision_id", msg.decision_id)
+    _set(d, "cached", msg.cached)
+    explanation = msg.explanation
+    _set(d, "explanation", tuple(map(_rule_trace, explanation)) if explanation else ())
+    return d
 
 
 def unavailable_decision(status: str) -> Decision:
