@@ -203,6 +203,13 @@ class BenchEnv:
         return grpc.secure_channel(f"127.0.0.1:{port}", creds,
                                    options=[("grpc.ssl_target_name_override", "localhost")])
 
+    def cache_size(self, server: ServerProc) -> int:
+        """How many decisions ``server``'s cache holds, from its admin GetStatus."""
+        with self.admin_channel(server.admin_port) as ch:
+            status = admin_pb2_grpc.AdminStub(ch).GetStatus(admin_pb2.GetStatusRequest(),
+                                                            timeout=10.0)
+            return int(status.cache.size)
+
     def push(self, server: ServerProc, bundle: SignedBundle, timeout: float = 120.0) -> float:
         """Push and activate ``bundle`` on ``server``'s admin listener; return the seconds it
         took. Raises grpc.RpcError when refused."""

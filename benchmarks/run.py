@@ -194,9 +194,14 @@ def big_bundle(bench: Bench, env: BenchEnv, rules: int, out: dict[str, Any]) -> 
     try:
         first_push = env.push(server, first)
         rss_rules = server.rss()
-        fill = measure(bench, [server], spread(bench.job(
+        # 100,000 fresh decisions, each asked for twice: the cache keeps a decision on its
+        # second request (the default admission), so one pass would leave it empty.
+        fill_jobs = spread(bench.job(
             server, op="batch", batch=1000, vary=True, max_calls=50, duration=120.0),
-            2, WORKERS))
+            2, WORKERS)
+        for _ in range(2):
+            measure(bench, [server], fill_jobs)
+        cached = env.cache_size(server)
         rss_full = server.rss()
         pushed: dict[str, float] = {}
         load = measure(bench, [server], spread(bench.job(
@@ -204,7 +209,7 @@ def big_bundle(bench: Bench, env: BenchEnv, rules: int, out: dict[str, Any]) -> 
             during=lambda: pushed.__setitem__("s", env.push(server, second)))
         out["resources"] = {
             "rules": rules, "rss_mb_rules_only": rss_rules / 2**20,
-            "cache_entries_filled": fill.decisions, "rss_mb_full_cache": rss_full / 2**20,
+            "cache_entries_filled": cached, "rss_mb_full_cache": rss_full / 2**20,
             "first_push_activate_s": first_push, "activation_under_load_s": pushed["s"],
             "calls_during_activation": load.calls, "failed_calls": load.errors,
             "first_error": load.first_error, "p99_ms_during": load.p99_ms}
@@ -254,8 +259,10 @@ def targets(rows: dict[str, Row], out: dict[str, Any]) -> dict[str, Any]:
                                                  "met": r is not None and r >= 20}
     res = out.get("resources")
     if res:
+        full = res["cache_entries_filled"] >= 0.99 * 100_000  # the cache really is full
         t["RSS <= 200 MB (100k rules, full cache)"] = {
-            "mb": res["rss_mb_full_cache"], "met": res["rss_mb_full_cache"] <= 200}
+            "mb": res["rss_mb_full_cache"], "cached": res["cache_entries_filled"],
+            "met": full and res["rss_mb_full_cache"] <= 200}
         t["100k activation <= 3 s, 0 failed"] = {
             "s": res["activation_under_load_s"], "failed": res["failed_calls"],
             "met": res["activation_under_load_s"] <= 3 and res["failed_calls"] == 0}

@@ -1,6 +1,8 @@
 """The per-replica decision cache: bounded, time-limited, keyed by bundle version and inputs.
 
-A decision that read the clock expires at the next window boundary, never later.
+A decision that read the clock expires at the next window boundary, never later. By default
+a decision is admitted on its second request: one-off requests never displace the entries
+that repeat (see :class:`DecisionCache`).
 """
 
 from __future__ import annotations
@@ -9,6 +11,7 @@ import collections
 import math
 from collections.abc import Hashable
 from dataclasses import dataclass, replace
+from typing import Literal
 
 from pdp.clock import Clock, system_clock
 from pdp.policy.model import Decision
@@ -39,14 +42,26 @@ class DecisionCache:
     less when the decision depends on a time window (each entry carries its own deadline,
     checked on every read). When full, the oldest entries are evicted first (with one ttl
     for all, also the first to expire).
-    Raises ValueError for a non-positive size or ttl.
+
+    Admission (``admission="repeat"``, the default): a decision is stored when its key is
+    asked for the second time within the last ``max_size`` to ``2 * max_size`` misses, as
+    remembered by a doorkeeper (two generations of a Bloom filter, ~10 bits per key); a
+    one-off request is decided and not stored. Storing one costs a busy server ~20 µs of CPU
+    (the insert and the eviction it forces touch memory that is no longer in the CPU cache),
+    and one-off requests would only push out the entries that repeat. A key seen before
+    may be admitted by a false positive of the filter (a few per cent): harmless.
+    ``admission="all"`` stores every decision at once.
+    Raises ValueError for a non-positive size or ttl, or an unknown admission.
     """
 
     def __init__(
-        self, *, max_size: int = 100_000, ttl: float = 60.0, clock: Clock = system_clock
+        self, *, max_size: int = 100_000, ttl: float = 60.0, clock: Clock = system_clock,
+        admission: Literal["repeat", "all"] = "repeat",
     ) -> None:
         if max_size < 1 or not ttl > 0:
             raise ValueError("max_size and ttl must be positive")
+        if admission not in ("repeat", "all"):
+            raise ValueError(f"admission must be 'repeat' or 'all', not {admission!r}")
         self.max_size = max_size
         self.ttl = float(ttl)
         self._clock = clock
@@ -66,6 +81,16 @@ class DecisionCache:
         # load and its store in CPython, so no lock is needed for them either.
         self._hits = 0
         self._misses = 0
+        # The doorkeeper: keys asked for once, as two bits each in a bit array (power of two,
+        # at least 8 bits per key). ``_seen`` fills until it holds max_size keys, then becomes
+        # ``_before`` and a fresh one starts. No lock: a race at worst admits a key early
+        # or one request late.
+        self._admit_all = admission == "all"
+        bits = 1 << max(13, (8 * max_size - 1).bit_length())
+        self._mask = bits - 1
+        self._seen = bytearray(bits >> 3)
+        self._before = bytearray(bits >> 3)
+        self._seen_keys = 0
 
     def get(self, key: Hashable, now: float | None = None) -> Decision | None:
         """The cached decision (marked ``cached=True``) for ``key``, or None.
@@ -85,10 +110,22 @@ class DecisionCache:
 
     def put(self, key: Hashable, decision: Decision, *, expires: float = math.inf,
             now: float | None = None) -> None:
-        """Store ``decision`` until ``expires`` (epoch seconds) or ttl from now, the earlier.
+        """Store ``decision`` until ``expires`` (epoch seconds) or ttl from now, the earlier,
+        if the cache admits ``key`` (see :meth:`admits`).
 
         ``now`` saves a clock read when the caller already has the time.
         """
+        if self.admits(key):
+            self.store(key, decision, expires=expires, now=now)
+
+    def admits(self, key: Hashable) -> bool:
+        """Whether a decision for ``key`` is to be stored now: always with admission "all",
+        else when ``key`` was asked for before (this call is remembered)."""
+        return self._admit_all or self._repeated(key)
+
+    def store(self, key: Hashable, decision: Decision, *, expires: float = math.inf,
+              now: float | None = None) -> None:
+        """:meth:`put` without the admission check (the caller asked :meth:`admits`)."""
         if now is None:
             now = self._clock()
         # Deadlines in steps of 1/8 s, rounded down (never later than asked), so that
@@ -117,6 +154,23 @@ class DecisionCache:
             except IndexError:  # emptied meanwhile by another thread
                 break
 
+    def _repeated(self, key: Hashable) -> bool:
+        """True when the doorkeeper has seen ``key`` before; else remember it."""
+        h = hash(key)
+        mask = self._mask
+        a, b = h & mask, (h >> 24) & mask
+        byte_a, bit_a, byte_b, bit_b = a >> 3, 1 << (a & 7), b >> 3, 1 << (b & 7)
+        seen, before = self._seen, self._before
+        if (seen[byte_a] & bit_a and seen[byte_b] & bit_b) or (
+                before[byte_a] & bit_a and before[byte_b] & bit_b):
+            return True
+        seen[byte_a] |= bit_a
+        seen[byte_b] |= bit_b
+        self._seen_keys += 1
+        if self._seen_keys >= self.max_size:  # a new generation; the last one is still read
+            self._before, self._seen, self._seen_keys = seen, bytearray(len(seen)), 0
+        return False
+
     def stats(self) -> CacheStats:
         """Hits, misses, current size (expired entries dropped first) and maximum size."""
         now = self._clock()
@@ -126,8 +180,11 @@ class DecisionCache:
         return CacheStats(self._hits, self._misses, len(self._data), self.max_size)
 
     def clear(self) -> None:
-        """Drop every entry (the counters stay)."""
+        """Drop every entry and what the doorkeeper remembers (the counters stay)."""
         self._data.clear()
         self._order.clear()
         self._twins.clear()
         self._entries.clear()
+        self._seen = bytearray(len(self._seen))
+        self._before = bytearray(len(self._before))
+        self._seen_keys = 0

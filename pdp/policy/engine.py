@@ -81,8 +81,11 @@ class PolicyEngine:
             if hit is not None:
                 return hit
             decision, expires, error = policy.decide_for_cache(request, now)
-            if not error:  # errors are rare and each one is counted: never cached
-                cache.put(policy.lasting_key(key), decision, expires=expires, now=now)
+            # Errors are rare and each one is counted: never cached. A key asked for the
+            # first time is not stored either (the cache's admission), so it is not
+            # rebuilt for storing.
+            if not error and cache.admits(key):
+                cache.store(policy.lasting_key(key), decision, expires=expires, now=now)
         if error:
             with self._lock:
                 self._errors += 1

@@ -90,7 +90,8 @@ class PDPServer:
         self.peers = PeerVerifier(self.tls, clock=clock)
 
         self.cache = (
-            DecisionCache(max_size=config.cache.max_size, ttl=config.cache.ttl, clock=clock)
+            DecisionCache(max_size=config.cache.max_size, ttl=config.cache.ttl, clock=clock,
+                          admission=config.cache.admission)
             if config.cache.enabled else None)
         self.engine = PolicyEngine(cache=self.cache, clock=clock)
 

@@ -12,7 +12,7 @@ import tomllib
 from collections.abc import Mapping
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Any
+from typing import Any, Literal
 
 from pdp.audit import AuditConfig
 from pdp.configuration import build_section
@@ -76,6 +76,9 @@ class CacheConfig:
     enabled: bool = True  # the decision cache; keyed by bundle version, so never stale
     max_size: int = 100_000  # most cached decisions
     ttl: float = 60.0  # seconds a cached decision lives
+    # repeat: a decision is kept when asked for a second time (one-off requests never fill
+    # the cache); all: every decision is kept at once
+    admission: Literal["repeat", "all"] = "repeat"
 
 
 @dataclass(frozen=True, slots=True, kw_only=True)

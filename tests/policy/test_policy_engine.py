@@ -45,7 +45,9 @@ def req(action: str = "read", props: dict | None = None, peer: str | None = None
 
 
 def make(clock: FakeClock, *, version: str = "v1", ttl: float = 60.0) -> PolicyEngine:
-    engine = PolicyEngine(cache=DecisionCache(clock=clock, ttl=ttl), clock=clock)
+    # Every decision stored at once: these tests are about what is stored, not when.
+    engine = PolicyEngine(cache=DecisionCache(clock=clock, ttl=ttl, admission="all"),
+                          clock=clock)
     engine.activate(compile_bundle(load_bundle(BUNDLE), version=version))
     return engine
 
@@ -208,7 +210,7 @@ def test_window_next_change_never_overshoots_spring_forward() -> None:
 
 
 def test_decision_cache_rejects_bad_settings() -> None:
-    for kwargs in ({"max_size": 0}, {"ttl": 0}):
+    for kwargs in ({"max_size": 0}, {"ttl": 0}, {"admission": "sometimes"}):
         try:
             DecisionCache(**kwargs)  # type: ignore[arg-type]
         except ValueError:
@@ -218,7 +220,7 @@ def test_decision_cache_rejects_bad_settings() -> None:
 
 def test_full_decision_cache_evicts_oldest_first_and_stays_bounded() -> None:
     clock = FakeClock(1_000.0)
-    cache = DecisionCache(max_size=3, ttl=60, clock=clock)
+    cache = DecisionCache(max_size=3, ttl=60, clock=clock, admission="all")
     decision = Decision(Effect.ALLOW, "r", "allowed by rule r", "v1")
     for i in range(10):  # a churning, always-full cache: every put evicts one entry
         cache.put(("k", i), decision)
@@ -230,3 +232,45 @@ def test_full_decision_cache_evicts_oldest_first_and_stays_bounded() -> None:
     assert cache.get(("k", 9)) is None
     cache.put(("k", 10), decision)
     assert cache.get(("k", 10)) is not None and len(cache._order) <= 3
+
+
+def test_a_decision_is_cached_when_asked_for_a_second_time() -> None:
+    clock = FakeClock(1_000.0)
+    engine = PolicyEngine(cache=DecisionCache(clock=clock), clock=clock)  # admission "repeat"
+    engine.activate(compile_bundle(load_bundle(BUNDLE), version="v1"))
+    first, second, third = (engine.decide(req()) for _ in range(3))
+    assert (first.cached, second.cached, third.cached) == (False, False, True)
+    assert first.effect is second.effect is third.effect
+    stats = engine.cache.stats() if engine.cache is not None else None
+    assert stats is not None and (stats.hits, stats.misses, stats.size) == (1, 2, 1)
+
+
+def test_one_off_keys_never_fill_the_cache_nor_push_out_repeated_ones() -> None:
+    clock = FakeClock(1_000.0)
+    cache = DecisionCache(max_size=3, ttl=60, clock=clock)
+    decision = Decision(Effect.ALLOW, "r", "allowed by rule r", "v1")
+    cache.put(("hot",), decision)
+    cache.put(("hot",), decision)  # asked for again: stored
+    for i in range(100):  # one-off keys: decided, never stored
+        cache.put(("once", i), decision)
+    assert cache.stats().size == 1 and cache.get(("hot",)) is not None
+
+
+def test_the_doorkeeper_remembers_a_key_for_one_to_two_generations() -> None:
+    cache = DecisionCache(max_size=4, ttl=60, clock=FakeClock(1_000.0))
+    assert not cache.admits("k")  # first time: remembered
+    for i in range(4):  # the generation fills and rotates: "k" is in the previous one
+        assert not cache.admits(("other", i))
+    assert cache.admits("k")
+    for i in range(4, 12):  # two more generations: forgotten
+        assert not cache.admits(("other", i))
+    assert not cache.admits("k")
+    assert cache.admits("k")
+    cache.clear()  # forgets what it saw, too
+    assert not cache.admits("k")
+
+
+def test_admission_all_stores_at_once() -> None:
+    cache = DecisionCache(admission="all", clock=FakeClock(1_000.0))
+    cache.put(("k",), Decision(Effect.ALLOW, "r", "", "v1"))
+    assert cache.get(("k",)) is not None

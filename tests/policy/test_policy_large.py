@@ -138,7 +138,7 @@ def test_a_kept_cache_key_equals_the_asked_one_and_shares_its_strings() -> None:
 
 def test_cache_deadlines_round_down_never_up() -> None:
     clock = FakeClock(1000.3)
-    cache = DecisionCache(ttl=60, clock=clock)
+    cache = DecisionCache(ttl=60, clock=clock, admission="all")
     decision = Decision(Effect.ALLOW, "r", "allowed by rule r", "v1")
     cache.put(("k",), decision)
     clock.advance(59.8)

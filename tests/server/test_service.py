@@ -42,12 +42,13 @@ def test_owner_condition_compares_two_attributes(harness: Harness) -> None:
     assert (theirs.decision, theirs.reason) == (DENY, "default deny")
 
 
-def test_second_identical_call_is_cached(harness: Harness) -> None:
+def test_a_repeated_call_is_cached_from_its_third_time(harness: Harness) -> None:
+    """The default admission keeps a decision when it is asked for a second time."""
     stub = harness.authz()
-    first = stub.Authorize(authorize_request("carol", "read", "d9"), timeout=5)
-    second = stub.Authorize(authorize_request("carol", "read", "d9"), timeout=5)
-    assert (first.cached, second.cached) == (False, True)
-    assert first.decision == second.decision == ALLOW
+    first, second, third = (stub.Authorize(authorize_request("carol", "read", "d9"), timeout=5)
+                            for _ in range(3))
+    assert (first.cached, second.cached, third.cached) == (False, False, True)
+    assert first.decision == second.decision == third.decision == ALLOW
 
 
 def test_batch_keeps_order_and_applies_defaults(harness: Harness) -> None:
