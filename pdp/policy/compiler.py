@@ -56,8 +56,8 @@ _UNSET: Any = object()
 
 # One rule, compiled: what the hot loop unpacks. Nothing else is kept per rule (the
 # Decision's rule id and effect name it), so 100,000 rules cost one tuple and one Decision
-# each beyond the bundle (and a slot in the index); every test and condition is shared
-# between rules alike in it.
+# each (and a slot in the index); every test and condition is shared between rules alike
+# in it. The Bundle itself is not kept: at 100,000 rules its Rule objects are 14 MB.
 Entry = tuple[SubjectTest | None, IdTest | None, Any, Decision, _Meta]
 
 
@@ -106,16 +106,23 @@ def _subject_test(subjects: SubjectMatch, roles: Any) -> SubjectTest | None:
 
 
 class CompiledPolicy:
-    """An immutable, indexed policy: :meth:`evaluate` is a pure function of request and time."""
+    """An immutable, indexed policy: :meth:`evaluate` is a pure function of request and time.
+
+    It keeps what deciding and explaining need, not the :class:`Bundle` it was compiled
+    from (``digest``, ``rule_count`` and ``rule_ids`` describe that).
+    """
 
     def __init__(self, bundle: Bundle, *, version: str, sequence: int) -> None:
-        self.bundle = bundle
         self.version = version
         self.sequence = sequence
         self.digest = bundle.digest
         self.rule_count = len(bundle.rules)
+        # The rules' ids in bundle order.
+        self.rule_ids: tuple[str, ...] = tuple([rule.id for rule in bundle.rules])
         self._default = Decision(Effect.DENY, "", "default deny", version)
-        self._types: dict[str, tuple[Entry, ...]] = {}
+        # Type -> its rules' entries; a type with one rule maps to that entry itself, not to
+        # a tuple of one (48 bytes a type, and big bundles have a type per rule or so).
+        self._types: dict[str, tuple[Any, ...]] = {}
         self._wild: tuple[tuple[IdTest | None, Entry], ...] = ()
         self._compile(bundle)
         # (action, type) -> candidates, filled from _types on first use (bounded).
@@ -199,7 +206,10 @@ class CompiledPolicy:
                 more = [i for i, type_ok in globbed if _ok(type_ok, rtype)]
                 if more:
                     positions = sorted(positions + more)
-            types[rtype] = tuple([entries[i] for i in positions])
+            types[rtype] = (
+                entries[positions[0]] if len(positions) == 1
+                else tuple([entries[i] for i in positions])
+            )
         self._wild = tuple((type_ok, entries[i]) for i, type_ok in globbed)
 
     def _candidates(self, action: str, rtype: str) -> tuple[Any, ...]:
@@ -212,6 +222,8 @@ class CompiledPolicy:
                     [e for t, e in self._wild if _ok(t, rtype) and _ok(e[4].action_ok, action)]
                 )
             else:
+                if type(typed[0]) is not tuple:  # one rule's entry (its [0] is a test)
+                    typed = (typed,)
                 kept = [e for e in typed if _ok(e[4].action_ok, action)]
                 found = typed if len(kept) == len(typed) else tuple(kept)
             if self._memo_count < _MEMO_LIMIT:  # bounded: unknown keys cannot grow memory

@@ -329,7 +329,7 @@ def run_suite(bundle: Bundle | CompiledPolicy, cases: Sequence[TestCase]) -> Sui
         policy = bundle
     else:
         policy = compile_bundle(bundle, version="test")
-    rule_ids = tuple(r.id for r in policy.bundle.rules)
+    rule_ids = policy.rule_ids
     known = set(rule_ids)
     decided = dict.fromkeys(rule_ids, 0)
     considered = dict.fromkeys(rule_ids, 0)

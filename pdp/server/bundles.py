@@ -26,16 +26,20 @@ __all__ = ["BundleManager", "Validated"]
 log = logging.getLogger(__name__)
 
 
-def _malloc_trim() -> Callable[[int], int] | None:
-    name = ctypes.util.find_library("c")
-    try:
-        trim: Callable[[int], int] = ctypes.CDLL(name).malloc_trim  # glibc only
-    except (OSError, AttributeError, TypeError):
+def _glibc(name: str) -> Callable[..., int] | None:
+    if not sys.platform.startswith("linux"):
         return None
-    return trim
+    try:
+        found: Callable[..., int] = getattr(ctypes.CDLL(ctypes.util.find_library("c")), name)
+    except (OSError, AttributeError, TypeError):  # not glibc
+        return None
+    return found
 
 
-_TRIM = _malloc_trim() if sys.platform.startswith("linux") else None
+_TRIM = _glibc("malloc_trim")
+_MALLOPT = _glibc("mallopt")
+_M_TRIM_THRESHOLD, _M_MMAP_THRESHOLD = -1, -3  # mallopt's parameter numbers (malloc.h)
+_MMAP_THRESHOLD = 1 << 20  # bytes: blocks this big get their own mapping
 
 
 def _release_free_memory() -> None:
@@ -46,6 +50,25 @@ def _release_free_memory() -> None:
     """
     if _TRIM is not None:
         _TRIM(0)
+
+
+def _map_large_blocks() -> None:
+    """Have glibc give every block of 1 MiB or more its own mapping, unmapped when freed.
+
+    glibc's threshold starts at 128 KiB but rises to the size of the largest mapped block
+    freed (up to 32 MiB). A push goes through several buffers as big as the bundle (the
+    received message, the request's copy, its bytes, their text, the store's copies: 14 MB
+    each at 100,000 rules); once the first is freed the others come from the heap, and
+    those still alive when the push's sync trims (the request and its bytes) stayed
+    resident after the push returned: 177 -> 147 MB right after a 100,000-rule push. A
+    fixed threshold stops the rise. The trim threshold (free memory at the top of a heap
+    that free() gives back at once) rose with it, to twice its size; it is fixed at 2 MiB
+    (else 159 MB). Blocks on the decision path are far smaller (a 1,000-request batch is
+    ~100 KB).
+    """
+    if _MALLOPT is not None:
+        _MALLOPT(_M_MMAP_THRESHOLD, _MMAP_THRESHOLD)
+        _MALLOPT(_M_TRIM_THRESHOLD, 2 * _MMAP_THRESHOLD)
 
 
 @dataclass(frozen=True, slots=True)
@@ -86,8 +109,9 @@ class BundleManager:
         # Compiled policies by version, so that a push, its activation and the sync that
         # follows parse and compile a bundle once, not three times (seconds at 100k rules).
         # Bounded: after every sync only the active and the shadow version stay (a policy
-        # of 100,000 rules is ~70 MB; a replaced one must not outlive its activation).
+        # of 100,000 rules is ~40 MB; a replaced one must not outlive its activation).
         self._compiled: dict[tuple[str, str], CompiledPolicy] = {}
+        _map_large_blocks()
 
     # --- validation --------------------------------------------------------------------------
 

@@ -8,6 +8,8 @@ import copy
 import gc
 import hashlib
 import json
+import sys
+import types
 import weakref
 from pathlib import Path
 from typing import Any
@@ -18,12 +20,15 @@ from pdp.clock import FakeClock
 from pdp.errors import BundleError, BundleTooLargeError
 from pdp.policy import (
     Action,
+    Bundle,
     Decision,
     DecisionCache,
     Effect,
     Limits,
     Request,
     Resource,
+    ResourceMatch,
+    Rule,
     Subject,
     compile_bundle,
     load_bundle,
@@ -118,6 +123,54 @@ def test_a_replaced_policy_is_freed_without_the_cycle_collector() -> None:
         assert ref() is None  # no reference cycles: a 100,000-rule policy goes at once
     finally:
         gc.enable()
+
+
+def _reachable(root: object) -> list[object]:
+    """Every object reachable from ``root``, short of classes, modules and module globals."""
+    stop = {id(m.__dict__) for m in list(sys.modules.values()) if m is not None}
+    seen: dict[int, object] = {}
+    todo = [root]
+    while todo:
+        obj = todo.pop()
+        if id(obj) in seen or id(obj) in stop or isinstance(obj, type | types.ModuleType):
+            continue
+        seen[id(obj)] = obj
+        todo.extend(gc.get_referents(obj))
+    return list(seen.values())
+
+
+def test_a_compiled_policy_keeps_no_rule_of_its_bundle_and_needs_none() -> None:
+    # The server holds compiled policies: at 100,000 rules the bundle's Rule objects would
+    # be 14 MB more. Deciding, explaining and describing the policy need none of them.
+    doc = _doc()
+    doc["rules"] += [
+        {"id": "more-kind1", "effect": "allow", "actions": ["act2"],
+         "resources": {"type": "kind1"}},  # kind1 has two rules, the other kinds one
+        {"id": "any-other", "effect": "deny", "actions": ["*"],
+         "resources": {"type": "other*"}},  # glob-typed: asked for types no rule names
+    ]
+    bundle = load_bundle(json.dumps(doc))
+    digest, ids = bundle.digest, tuple(r.id for r in bundle.rules)
+    policy = compile_bundle(bundle, version="1-a", sequence=4)
+    del bundle
+    kept = _reachable(policy)
+    assert not [o for o in kept if isinstance(o, Bundle | Rule | ResourceMatch)]
+    assert (policy.digest, policy.rule_count, policy.rule_ids) == (digest, 8, ids)
+
+    def decide(action: str, rtype: str, owner: str = "alice") -> tuple[str, list[str]]:
+        request = Request(Subject("user", "alice"), Action(action),
+                          Resource(rtype, "d1", {"owner": owner}))
+        decision, traces = policy.explain(request, now=0.0)
+        assert policy.evaluate(request, now=0.0) == decision
+        return decision.rule_id, [f"{t.rule_id}:{t.failed_part or 'matched'}" for t in traces]
+
+    assert decide("read", "kind0") == ("r0", ["r0:matched"])  # a type's only rule
+    assert decide("read", "kind0", owner="bob") == ("", ["r0:when"])
+    assert decide("act2", "kind0") == ("", [])  # its only rule is not for the action
+    assert decide("act2", "kind1") == ("more-kind1", ["more-kind1:matched"])
+    assert decide("act1", "kind1", owner="bob") == ("", ["r1:when"])
+    assert decide("read", "other-x") == ("any-other", ["any-other:matched"])
+    assert decide("read", "unnamed") == ("", [])
 
 
 def test_a_kept_cache_key_equals_the_asked_one_and_shares_its_strings() -> None:

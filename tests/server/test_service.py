@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import gc
 import socket
 import ssl
 import threading
@@ -11,6 +12,7 @@ import grpc
 import pytest
 
 from pdp.errors import ConfigError
+from pdp.policy import Bundle, load_bundle
 from pdp_client._proto import admin_pb2, admin_pb2_grpc, authorization_pb2
 from tests.server.conftest import TEST_BUNDLE, Harness, authorize_request
 
@@ -170,6 +172,40 @@ def test_activate_rollback_and_unknown_version(harness: Harness) -> None:
     assert err.value.code() == grpc.StatusCode.FAILED_PRECONDITION
     status = admin.GetStatus(admin_pb2.GetStatusRequest(), timeout=5)
     assert status.active_version == first and status.serving and status.audit.healthy
+
+
+def test_no_bundle_outlives_its_push_yet_list_status_shadow_explain_and_rollback_work(
+    harness: Harness,
+) -> None:
+    # The server keeps compiled policies, not Bundles (at 100,000 rules the Rule objects
+    # are 14 MB): what the planes show comes from the store and the compiled policies.
+    admin = harness.admin()
+    first = harness.server.engine.policy.version
+    text = TEST_BUNDLE.replace('revision: "1"', 'revision: "2"').replace("read-docs", "read-any")
+    second = harness.push(text).bundle.version
+    admin.SetShadow(admin_pb2.SetShadowRequest(version=first), timeout=5)
+    digests = {load_bundle(TEST_BUNDLE).digest, load_bundle(text).digest}
+    gc.collect()
+    assert not [o for o in gc.get_objects() if isinstance(o, Bundle) and o.digest in digests]
+
+    listed = {b.version: b for b in admin.ListBundles(admin_pb2.ListBundlesRequest(),
+                                                      timeout=5).bundles}
+    assert [(listed[v].rule_count, listed[v].active) for v in (first, second)] == [
+        (3, False), (3, True)]
+    status = admin.GetStatus(admin_pb2.GetStatusRequest(), timeout=5)
+    assert (status.active_version, status.shadow.version) == (second, first)
+    stub = harness.authz()
+    answer = stub.Authorize(authorize_request("alice", "read", "d1", explain=True), timeout=5)
+    assert answer.rule_id == "read-any"
+    assert [(t.rule_id, t.matched) for t in answer.explanation] == [
+        ("deny-secret", False), ("read-any", True)]
+    assert harness.server.shadow.flush(5)
+    report = admin.GetStatus(admin_pb2.GetStatusRequest(), timeout=5).shadow
+    assert [(d.active_rule_id, d.shadow_rule_id) for d in report.top_differences] == [
+        ("read-any", "read-docs")]
+    assert admin.Rollback(admin_pb2.RollbackRequest(), timeout=5).bundle.version == first
+    assert stub.Authorize(authorize_request("alice", "read", "d2"), timeout=5).rule_id == (
+        "read-docs")
 
 
 def test_read_your_writes_refuses_an_older_bundle(harness: Harness) -> None:
