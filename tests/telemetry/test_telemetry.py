@@ -139,6 +139,23 @@ def test_tracing_off_is_a_shared_no_op() -> None:
     telemetry.shutdown()
 
 
+def test_off_imports_no_sdk_and_exporters_from_config_build_their_providers() -> None:
+    # The server imports the OpenTelemetry SDK only for a configured exporter (~1.3 MB).
+    code = ("import sys, pdp.server.app\n"
+            "from pdp.telemetry import Telemetry, TelemetryConfig\n"
+            "Telemetry(TelemetryConfig()).shutdown()\n"
+            "print(sorted(m for m in sys.modules if m.startswith('opentelemetry.sdk')))")
+    out = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True,
+                         check=True, cwd=ROOT)
+    assert out.stdout.strip() == "[]"
+    telemetry = Telemetry(TelemetryConfig(traces="console", metrics="console"))
+    assert telemetry.tracing and telemetry.metering
+    with telemetry.rpc_span(AUTHORIZE, None) as span:
+        span.set("pdp.decision", "ALLOW")
+    telemetry.record_decision("allow", 0.001, False)
+    telemetry.shutdown()
+
+
 def _points(reader: InMemoryMetricReader) -> dict[str, list[Any]]:
     data = reader.get_metrics_data()
     assert data is not None
