@@ -8,6 +8,7 @@ from __future__ import annotations
 
 import contextlib
 import itertools
+import operator
 import os
 import time
 from collections.abc import Callable, Sequence
@@ -48,6 +49,7 @@ AUTHORIZE = "/pdp.v1.Authorization/Authorize"
 AUTHORIZE_BATCH = "/pdp.v1.Authorization/AuthorizeBatch"
 _NOT_EVALUATED = frozenset({"quarantined", "no active bundle"})
 _UNPARSED = "-"  # not an IP: marks an address whose IP was not parsed yet
+_MIN_SEQUENCE = operator.attrgetter("min_bundle_sequence")
 
 
 class _Call(NamedTuple):
@@ -134,37 +136,49 @@ class AuthorizationService(pb_grpc.AuthorizationServicer):
         self, request: pb.AuthorizeBatchRequest, context: grpc.ServicerContext
     ) -> pb.AuthorizeBatchResponse:
         peer = self._gate.check(context, AUTHORIZE_BATCH)
-        metadata = context.invocation_metadata() if self._tracing else ()
-        with self._telemetry.rpc_span(AUTHORIZE_BATCH, metadata) as span:
+        if not self._tracing:  # as Authorize: nothing to add to a span
             try:
-                count = len(request.requests)
-                if count > self._max_batch:
-                    raise RequestTooLargeError(
-                        f"{count} requests; at most {self._max_batch} per batch",
-                        field="requests")
-                defaults = (convert_defaults(request.defaults)
-                            if request.HasField("defaults") else None)
-                minimum = max([r.min_bundle_sequence for r in request.requests]
-                              + [defaults.min_bundle_sequence if defaults else 0])
-                self._check_fresh(minimum)
-                # One caller, one address and one "now" for the whole batch.
-                call = self._call(peer)
-                done = self._evaluate_all(request.requests, defaults, call)
-                # One hand-over to the audit trail for the whole batch: all or none.
-                event = self._event
-                recorded = self._record([event(d, call) for d in done])
-                # Answers are added to the response in place: building each one and passing
-                # the list would copy every message once more.
-                response = pb.AuthorizeBatchResponse()
-                add, final = response.responses.add, self._final
-                for d in done:
-                    decision_to_pb(final(d, call, recorded), d.decision_id, make=add)
+                return self._decide_batch(request, self._call(peer))
+            except PdpError as exc:
+                abort_with(context, exc)
+        with self._telemetry.rpc_span(AUTHORIZE_BATCH, context.invocation_metadata()) as span:
+            try:
+                response = self._decide_batch(request, self._call(peer))
             except PdpError as exc:
                 span.error(exc)
                 abort_with(context, exc)
-            span.set("pdp.batch_size", count)
+            span.set("pdp.batch_size", len(request.requests))
             span.set("pdp.caller", peer.identity)
             return response
+
+    def _decide_batch(self, request: pb.AuthorizeBatchRequest,
+                      call: _Call) -> pb.AuthorizeBatchResponse:
+        """One AuthorizeBatch: evaluate every item, audit them at once, answer in order.
+        One caller, one address and one "now" for the whole batch."""
+        items = request.requests
+        count = len(items)
+        if count > self._max_batch:
+            raise RequestTooLargeError(f"{count} requests; at most {self._max_batch} per batch",
+                                       field="requests")
+        defaults = convert_defaults(request.defaults) if request.HasField("defaults") else None
+        self._check_fresh(max(max(map(_MIN_SEQUENCE, items), default=0),
+                              defaults.min_bundle_sequence if defaults is not None else 0))
+        done = self._evaluate_all(items, defaults, call)
+        # One hand-over to the audit trail for the whole batch: all or none.
+        event = self._event
+        recorded = self._record([event(d, call) for d in done])
+        # Answers are added to the response in place: building each one and passing the
+        # list would copy every message once more.
+        response = pb.AuthorizeBatchResponse()
+        add = response.responses.add
+        if recorded and self.shadow is None and not self._metering:
+            for d in done:  # nothing to change, compare or count: the answers as decided
+                decision_to_pb(d.decision, d.decision_id, make=add)
+        else:
+            final = self._final
+            for d in done:
+                decision_to_pb(final(d, call, recorded), d.decision_id, make=add)
+        return response
 
     # --- the decision -------------------------------------------------------------------------
 
