@@ -45,12 +45,13 @@ def test_audit_and_keys_tables_without_dir_stay_under_data_dir(tmp_path: Path) -
 
 
 def test_environment_overrides_nested_settings(tmp_path: Path) -> None:
-    env = {"PDP_SERVER__THREADS": "4", "PDP_AUDIT__FSYNC": "never",
+    env = {"PDP_SERVER__THREADS": "4", "PDP_AUDIT__FSYNC": "never", "PDP_CACHE__ADMISSION": "all",
            "PDP_SERVER__DATA__ADDRESS": "127.0.0.1:9000", "PDP_CA_PASSPHRASE": "not a setting",
            "PDP_DATA_DIR": "/srv/pdp"}
     config = load_config(write(tmp_path, MINIMAL), env=env)
     assert config.server.threads == 4
     assert config.audit_config.fsync == "never"
+    assert config.cache.admission == "all"
     assert config.server.data.address == "127.0.0.1:9000"
     assert config.data_dir == Path("/srv/pdp")
 
@@ -59,6 +60,7 @@ def test_environment_overrides_nested_settings(tmp_path: Path) -> None:
     (MINIMAL + "[server]\nthreads = \"many\"\n", "config.server.threads", "expected an integer"),
     (MINIMAL + "[server]\nthreds = 4\n", "config.server", "unknown setting 'threds'"),
     (MINIMAL + "[audit]\nfsync = \"sometimes\"\n", "config.audit.fsync", "expected one of"),
+    (MINIMAL + "[cache]\nadmission = \"first\"\n", "config.cache.admission", "expected one of"),
     (MINIMAL + "[server]\nworkers = 0\n", "config.server", "workers must be at least 1"),
     ("[access]\nadmin = []\n", "pdp.toml", "missing [tls] section"),
     (MINIMAL + "[server\n", "pdp.toml", "not valid TOML"),

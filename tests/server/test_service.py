@@ -53,6 +53,16 @@ def test_a_repeated_call_is_cached_from_its_third_time(harness: Harness) -> None
     assert first.decision == second.decision == third.decision == ALLOW
 
 
+def test_admission_all_caches_the_second_call(
+    start_server: Callable[..., Harness], monkeypatch: pytest.MonkeyPatch,
+) -> None:
+    monkeypatch.setenv("PDP_CACHE__ADMISSION", "all")
+    stub = start_server().authz()
+    first, second = (stub.Authorize(authorize_request("carol", "read", "d9"), timeout=5)
+                     for _ in range(2))
+    assert (first.cached, second.cached) == (False, True)
+
+
 def test_batch_keeps_order_and_applies_defaults(harness: Harness) -> None:
     defaults = authorize_request("alice", "read", "")
     items = [authorization_pb2.AuthorizeRequest() for _ in range(3)]

@@ -4,6 +4,8 @@ from __future__ import annotations
 
 from collections.abc import Callable
 
+import grpc
+import pytest
 from opentelemetry import trace
 from opentelemetry.sdk.metrics import MeterProvider
 from opentelemetry.sdk.metrics.export import InMemoryMetricReader
@@ -13,7 +15,8 @@ from opentelemetry.sdk.trace.export.in_memory_span_exporter import InMemorySpanE
 
 from pdp.telemetry import Telemetry, TelemetryConfig
 from pdp_client import PDPClient, Resource, Subject
-from tests.server.conftest import Harness
+from pdp_client._proto import authorization_pb2
+from tests.server.conftest import Harness, authorize_request
 
 
 def test_client_span_is_the_parent_of_the_server_span(
@@ -52,3 +55,30 @@ def test_client_span_is_the_parent_of_the_server_span(
     names = {m.name for rm in data.resource_metrics for sm in rm.scope_metrics
              for m in sm.metrics}
     assert {"pdp.decisions", "pdp.decision.duration"} <= names
+
+
+def test_a_batch_has_its_span_and_a_refused_batch_an_error_span(
+    start_server: Callable[..., Harness], monkeypatch: pytest.MonkeyPatch,
+) -> None:
+    monkeypatch.setenv("PDP_SERVER__MAX_BATCH", "2")
+    spans = InMemorySpanExporter()
+    provider = TracerProvider()
+    provider.add_span_processor(SimpleSpanProcessor(spans))
+    harness = start_server(telemetry=Telemetry(TelemetryConfig(), tracer_provider=provider))
+    stub = harness.authz()
+    batch = authorization_pb2.AuthorizeBatchRequest(
+        requests=[authorize_request("alice", "read", "d1"), authorize_request("bob", "read", "d2")])
+    answers = stub.AuthorizeBatch(batch, timeout=5).responses
+    assert [a.decision for a in answers] == [authorization_pb2.DECISION_ALLOW] * 2
+    batch.requests.add().CopyFrom(authorize_request("carol", "read", "d3"))  # one too many
+    with pytest.raises(grpc.RpcError) as refused:
+        stub.AuthorizeBatch(batch, timeout=5)
+    assert "at most 2 per batch" in (refused.value.details() or "")
+    finished = [s for s in spans.get_finished_spans()
+                if s.name == "pdp.v1.Authorization/AuthorizeBatch"]
+    assert len(finished) == 2
+    ok, failed = finished
+    assert dict(ok.attributes or {})["pdp.batch_size"] == 2
+    assert dict(ok.attributes or {})["pdp.caller"] == "spiffe://pdp.test/svc/search"
+    assert ok.status.status_code is trace.StatusCode.UNSET
+    assert failed.status.status_code is trace.StatusCode.ERROR
