@@ -117,6 +117,7 @@ async def _raw_call(job: Job, worker: int) -> tuple[Call, Callable[[], Awaitable
         else:
             channels.append(grpc.aio.insecure_channel(job.target, options=opts))
     stubs = itertools.cycle([pb_grpc.AuthorizationStub(ch) for ch in channels])
+    prefix = f"{job.tag}-{worker}-raw-"
     single = pb.AuthorizeRequest()
     single.subject.type, single.subject.id, single.action.name = "user", "alice", "write"
     single.resource.type, single.resource.id = "doc", "doc-1"
@@ -135,7 +136,12 @@ async def _raw_call(job: Job, worker: int) -> tuple[Call, Callable[[], Awaitable
             if allowed != [True, True, True]:
                 raise RuntimeError("unexpected decision in batch of 3")
             return 3
-        r = await stub.Authorize(single, timeout=10.0)
+        request = single
+        if job.vary:  # a fresh resource id: the raw stub's own cost is a field set and a copy
+            request = pb.AuthorizeRequest()
+            request.CopyFrom(single)
+            request.resource.id = f"{prefix}{n}"
+        r = await stub.Authorize(request, timeout=10.0)
         if r.decision != pb.DECISION_ALLOW:
             raise RuntimeError(f"unexpected decision: {r.reason}")
         return 1

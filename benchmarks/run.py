@@ -78,6 +78,8 @@ def core_rows(bench: Bench, floor: ServerProc, plain: ServerProc, pdp: ServerPro
         (Row("Authorize uncached, 32 in flight"), [pdp], par(pdp, 32, vary=True)),
         (Row("Authorize cached, 32 in flight"), [pdp], par(pdp, 32)),
         (Row("floor raw stub mTLS, 32"), [floor], par(floor, 32, client="raw")),
+        (Row("Authorize uncached, raw stub, 32", "a lighter client: is pdp-client the limit?"),
+         [pdp], par(pdp, 32, client="raw", vary=True)),
         (Row("floor raw stub PLAINTEXT, 32", "plaintext: floor only, for the TLS cost"),
          [plain], par(plain, 32, client="raw", tls=False)),
     ]
