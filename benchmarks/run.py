@@ -186,7 +186,8 @@ def peer_rows(bench: Bench, env: BenchEnv, pdp: ServerProc, bundle: Any, process
 
 
 def big_bundle(bench: Bench, env: BenchEnv, rules: int, out: dict[str, Any]) -> None:
-    """RSS with ``rules`` rules and a full cache; activation time and failed calls under load."""
+    """Authorize latency and throughput with ``rules`` rules; RSS with them and a full cache;
+    activation time and failed calls under load."""
     t = time.perf_counter()
     first = env.sign(f"b{rules}", bundle_json(rules), rules)
     second = env.sign(f"b{rules}.2", bundle_json(rules, revision="2"), rules)
@@ -196,6 +197,14 @@ def big_bundle(bench: Bench, env: BenchEnv, rules: int, out: dict[str, Any]) -> 
     try:
         first_push = env.push(server, first)
         rss_rules = server.rss()
+        # Authorize against this bundle, as bundle_rows does for 10 and 1,000 rules (fresh ids:
+        # with the default admission they leave the cache empty for the fill below).
+        plan = [(Row(f"{rules:,} rules, 1 in flight"), [server],
+                 lambda: [bench.job(server, inflight=1, vary=True)]),
+                (Row(f"{rules:,} rules, 32 in flight"), [server],
+                 lambda: spread(bench.job(server, vary=True), 32, WORKERS))]
+        _section(bench, f"Authorize with {rules:,} rules (uncached)", rounds(bench, plan), out,
+                 "bundles_big")
         # 100,000 fresh decisions, each asked for twice: the cache keeps a decision on its
         # second request (the default admission), so one pass would leave it empty.
         fill_jobs = spread(bench.job(
