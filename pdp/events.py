@@ -25,6 +25,7 @@ class Severity(enum.StrEnum):
 
 class EventType(enum.StrEnum):
     DECISION = "decision"
+    DECISION_BATCH = "decision.batch"  # the audit record of one AuthorizeBatch's decisions
     AUTH_FAILURE_CERT = "auth.failure.certificate"
     AUTH_FAILURE_TOKEN = "auth.failure.token"  # noqa: S105 - an event name, not a secret
     AUTH_FAILURE_PEER = "auth.failure.peer"  # peer address outside a listener's CIDR allow-list

@@ -22,6 +22,7 @@ from pdp.audit.records import (
     GENESIS,
     RECOVERED,
     SEAL,
+    DecisionBatch,
     Head,
     file_name,
     format_fields,
@@ -78,7 +79,11 @@ class AuditLog:
         self._sync = config.fsync != "never"
         self._cond = threading.Condition()  # guards _pending, _closing
         self._wlock = threading.Lock()  # the one writer order: held while records are chained
-        self._pending: collections.deque[Event] = collections.deque()
+        self._pending: collections.deque[Event | DecisionBatch] = collections.deque()
+        # Decisions queued inside DecisionBatch records beyond one each: the queue's bound
+        # counts decisions. Updated without a lock: `+=` on an attribute is not interrupted
+        # by another thread in CPython (no eval-breaker check between its load and store).
+        self._extra = 0
         self._closing = False
         self._started = False
         self._accepting = False  # started and not closing: the one flag the hot path reads
@@ -99,7 +104,7 @@ class AuditLog:
     @property
     def queue_depth(self) -> int:
         """Events accepted but not yet written."""
-        return len(self._pending)
+        return len(self._pending) + self._extra
 
     def start(self) -> None:
         """Resume the chain from the directory and start the writer thread.
@@ -132,7 +137,7 @@ class AuditLog:
         if self._sampling and event.outcome == "allow" and self._sampled_out(event):
             return
         pending = self._pending
-        if self.healthy and self._accepting and len(pending) < self._queue_size:
+        if self.healthy and self._accepting and len(pending) + self._extra < self._queue_size:
             pending.append(event)
             if len(pending) >= self._batch_max:
                 with self._cond:  # a full batch: write it now rather than at the next tick
@@ -142,15 +147,24 @@ class AuditLog:
 
     def emit_all(self, events: Sequence[Event]) -> None:
         """Accept the decision events of one batch, all or none; raises
-        AuditUnavailableError (having kept none) when they cannot all be kept."""
+        AuditUnavailableError (having kept none) when they cannot all be kept.
+
+        Decisions of one call (one caller, address and time, as AuthorizeBatch's) are
+        written as one ``decision.batch`` record; others one record each."""
         if any(e.type is not EventType.DECISION for e in events):
             raise ValueError("emit_all takes decision events only")
         if self._sampling:
             events = [e for e in events
                       if not (e.outcome == "allow" and self._sampled_out(e))]
+        count = len(events)
         pending = self._pending
-        if self.healthy and self._accepting and len(pending) + len(events) <= self._queue_size:
-            pending.extend(events)
+        if (self.healthy and self._accepting
+                and len(pending) + self._extra + count <= self._queue_size):
+            if count > 1 and _one_call(events):
+                self._extra += count - 1
+                pending.append(DecisionBatch(events))
+            else:
+                pending.extend(events)
             if len(pending) >= self._batch_max:
                 with self._cond:
                     self._cond.notify()
@@ -184,8 +198,9 @@ class AuditLog:
         if self._wlock.acquire(timeout=max(0.1, deadline - time.monotonic())):
             try:
                 with self._cond:
-                    left = len(self._pending)
+                    left = len(self._pending) + self._extra
                     self._pending.clear()
+                    self._extra = 0
                 if left:
                     self.lost += left
                     _log.error("audit log closed with %d unwritten events", left)
@@ -216,7 +231,7 @@ class AuditLog:
                 self.lost += 1
                 return
             raise AuditUnavailableError("audit unavailable: log not running")
-        if len(self._pending) >= self._queue_size:
+        if len(self._pending) + self._extra >= self._queue_size:
             if fail_open:
                 self.lost += 1
                 return
@@ -243,7 +258,7 @@ class AuditLog:
                     self._set_failed(exc.cause)
             if self.config.fail_open:
                 with self._cond:
-                    if len(self._pending) < self.config.queue_size:
+                    if len(self._pending) + self._extra < self.config.queue_size:
                         self._pending.append(event)
                     else:
                         self.lost += 1
@@ -289,13 +304,16 @@ class AuditLog:
                 # popleft, not copy-and-clear: emitters append without holding _cond.
                 pop = pending.popleft
                 batch = [pop() for _ in range(count)]
+                self._extra -= _extra_in(batch)
             if not batch:
                 return True
             try:
                 self._write_events(batch)
             except _WriteFailedError as exc:
                 with self._cond:
-                    self._pending.extendleft(reversed(batch[exc.written :]))
+                    back = batch[exc.written :]
+                    self._pending.extendleft(reversed(back))
+                    self._extra += _extra_in(back)
                 self._set_failed(exc.cause)
                 return False
             if limit is not None:
@@ -370,7 +388,7 @@ class AuditLog:
         self._fd, self._ident, self._size = fd, _ident(info), info.st_size
         self._exclusive = False
 
-    def _write_events(self, events: Sequence[Event]) -> None:
+    def _write_events(self, events: Sequence[Event | DecisionBatch]) -> None:
         """Chain and write ``events`` in order, rotating by size; raises _WriteFailedError."""
         written = 0
         limit = self.config.max_file_bytes
@@ -496,6 +514,18 @@ class AuditLog:
         else:
             write_head(self._dir, Head(self._seq, self._prev, file_name(self._number)),
                        sync=self._sync)
+
+
+def _one_call(events: Sequence[Event]) -> bool:
+    """True when ``events`` share their caller, address and time (one call's decisions)."""
+    first = events[0]
+    actor, peer, moment = first.actor, first.peer, first.time
+    return all(e.actor == actor and e.peer == peer and e.time == moment for e in events)
+
+
+def _extra_in(items: Sequence[Event | DecisionBatch]) -> int:
+    """Decisions in ``items`` beyond one per record."""
+    return sum(len(item.events) - 1 for item in items if type(item) is DecisionBatch)
 
 
 def _ident(info: os.stat_result) -> tuple[int, int]:

@@ -13,7 +13,13 @@ from hypothesis import HealthCheck, assume, example, given, settings
 from hypothesis import strategies as st
 
 import pdp.events
-from pdp.audit.records import canonical, format_fields, format_record, record_hash
+from pdp.audit.records import (
+    DecisionBatch,
+    canonical,
+    format_fields,
+    format_record,
+    record_hash,
+)
 from pdp.audit.verify import parse_record
 from pdp.events import Event, EventType, Severity
 
@@ -244,3 +250,33 @@ def test_decision_times_round_like_datetime(moment: float, text: str) -> None:
     assert parse_record(line.rstrip(b"\n"))["time"] == text
     assert line == generic(event, 1, "0" * 64)[0]
     assert canonical(parse_record(line.rstrip(b"\n")))  # still canonical JSON
+
+
+@PROPERTY
+@given(
+    rows=st.lists(st.tuples(st.fixed_dictionaries({k: clean for k in KEYS if k != "cached"}),
+                            st.one_of(st.booleans(), cached),
+                            st.one_of(st.sampled_from(["allow", "deny"]), clean)),
+                  min_size=1, max_size=5),
+    actor=clean, peer=clean, moment=st.one_of(edge_time, times), severity=severity,
+    seq=st.integers(0, 2**40), prev=st.one_of(st.just("0" * 64), any_text),
+    poison=st.one_of(st.none(), st.tuples(st.sampled_from([*KEYS, "actor", "peer", "outcome"]),
+                                          tricky)),
+)
+def test_a_batch_record_is_the_generic_record_byte_for_byte(
+    rows: list[tuple[dict[str, str], Any, str]], actor: str, peer: str, moment: float,
+    severity: Any, seq: int, prev: str, poison: tuple[str, str] | None,
+) -> None:
+    """One AuthorizeBatch's decisions, written as one decision.batch record by hand, are the
+    record format_fields writes for the same details (every decision with its outcome)."""
+    events = []
+    for n, (values, cached_value, outcome) in enumerate(rows):
+        fields = {**values, "cached": cached_value, "actor": actor, "peer": peer,
+                  "outcome": outcome}
+        if poison is not None and n == len(rows) - 1:
+            fields[poison[0]] = poison[1]
+        events.append(Event(
+            type=EventType.DECISION, time=moment, severity=severity, actor=fields["actor"],
+            peer=fields["peer"], outcome=fields["outcome"], event_id=fields["decision_id"],
+            details=ROW_DETAILS(tuple(fields[key] for key in pdp.events.DECISION_KEYS))))
+    check(DecisionBatch(events), seq, prev)

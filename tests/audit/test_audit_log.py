@@ -256,8 +256,71 @@ def test_a_batch_is_kept_whole_or_refused_whole(
     with pytest.raises(ValueError, match="decision events only"):
         log.emit_all([admin()])
     log.close(timeout=10.0)
-    assert [r["event_id"] for r in records(tmp_path / "audit")] == [
-        e.event_id for e in first + last]
+    written = records(tmp_path / "audit")
+    assert [r["details"]["count"] for r in written] == [6, 4]  # one record per batch
+    assert [d["decision_id"] for r in written for d in r["details"]["decisions"]] == [
+        e.details["decision_id"] for e in first + last]
+
+
+def _one_call(outcomes: list[str], moment: float = 1_800_000_000.25) -> list[Any]:
+    """Decisions as one AuthorizeBatch call emits them: one caller, address and time."""
+    events = [decision(outcome) for outcome in outcomes]
+    for event in events:
+        event.time = moment
+    return events
+
+
+def test_one_calls_decisions_are_one_record_and_verify(
+    make_log: Callable[..., AuditLog], tmp_path: Path
+) -> None:
+    log = make_log()
+    mixed, same = _one_call(["allow", "deny", "allow"]), _one_call(["deny", "deny"], 1.8e9 + 1)
+    log.emit_all(mixed)
+    log.emit_all(same)
+    apart = _one_call(["allow", "allow"])
+    apart[1].time += 1.0  # not one call: a record each
+    log.emit_all(apart)
+    log.close(timeout=10.0)
+    written = records(tmp_path / "audit")
+    assert [(r["type"], r["outcome"]) for r in written] == [
+        ("decision.batch", "mixed"), ("decision.batch", "deny"),
+        ("decision", "allow"), ("decision", "allow")]
+    first = written[0]
+    assert first["event_id"] == mixed[0].event_id and first["time"] == "2027-01-15T08:00:00.250000Z"
+    assert first["details"]["count"] == 3
+    entries = first["details"]["decisions"]
+    assert [e["outcome"] for e in entries] == ["allow", "deny", "allow"]
+    assert entries[1] == {**dict(mixed[1].details), "outcome": "deny"}
+    assert all(r["hash"] == record_hash(r) for r in written)
+    assert verify_dir(tmp_path / "audit").records == 4
+
+
+def test_a_batch_record_changed_on_disk_fails_verification(
+    make_log: Callable[..., AuditLog], tmp_path: Path
+) -> None:
+    log = make_log()
+    log.emit_all(_one_call(["deny", "deny", "deny"]))
+    log.emit(decision("allow"))
+    log.close(timeout=10.0)
+    path = next((tmp_path / "audit").glob("audit-*.jsonl"))
+    path.write_text(path.read_text().replace('"outcome":"deny"', '"outcome":"allow"', 1))
+    with pytest.raises(Exception, match="hash"):
+        verify_dir(tmp_path / "audit")
+
+
+def test_sampling_applies_to_each_decision_of_a_batch(
+    make_log: Callable[..., AuditLog], tmp_path: Path
+) -> None:
+    log = make_log(sample_allow=0.0)
+    log.emit_all(_one_call(["allow", "deny", "allow", "deny"]))
+    log.emit_all(_one_call(["allow", "deny"]))  # one decision left: a plain record
+    log.emit_all(_one_call(["allow", "allow"]))  # none left: no record
+    log.close(timeout=10.0)
+    written = records(tmp_path / "audit")
+    assert [(r["type"], r["outcome"]) for r in written] == [
+        ("decision.batch", "deny"), ("decision", "deny")]
+    assert written[0]["details"]["count"] == 2
+    assert log.sampled_out == 5
 
 
 def test_concurrent_emitters_keep_the_chain_linear(

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import json
 import time
 from collections.abc import Callable
 from pathlib import Path
@@ -38,6 +39,25 @@ def test_decisions_and_admin_acts_leave_a_verifiable_chain(harness: Harness) -> 
     harness.close()  # flushes the queue
     report = verify(audit_dir)
     assert report.records == len(_records(audit_dir))
+
+
+def test_a_batch_is_one_record_holding_each_of_its_decisions(harness: Harness) -> None:
+    stub = harness.authz()
+    batch = stub.AuthorizeBatch(authorization_pb2.AuthorizeBatchRequest(requests=[
+        authorize_request("alice", action, "d1") for action in ("read", "delete", "read")]),
+        timeout=5).responses
+    harness.close()  # flushes the queue
+    audit_dir = harness.server.config.audit_config.dir
+    written = [json.loads(line) for line in _records(audit_dir)]
+    kept = [r for r in written if r["type"] == "decision.batch"]
+    assert len(kept) == 1 and kept[0]["details"]["count"] == 3
+    assert kept[0]["actor"] == "spiffe://pdp.test/svc/search"
+    assert kept[0]["outcome"] == "mixed"
+    assert [(d["decision_id"], d["outcome"], d["rule_id"], d["action"])
+            for d in kept[0]["details"]["decisions"]] == [
+        (a.decision_id, "allow" if a.decision == 1 else "deny", a.rule_id, action)
+        for a, action in zip(batch, ("read", "delete", "read"), strict=True)]
+    assert verify(audit_dir).records == len(written)
 
 
 def test_unwritable_audit_denies_then_recovers(harness: Harness) -> None:
