@@ -226,33 +226,16 @@ class DecisionBatch:
     allow or deny when every decision agrees, else mixed, and its ``event_id`` the first
     decision's id."""
 
-    __slots__ = ("events",)
+    __slots__ = ("actor", "event_id", "events", "peer", "severity", "time")
     type = EventType.DECISION_BATCH
 
     def __init__(self, events: Sequence[EventView]) -> None:
         if not events:
             raise ValueError("a decision batch needs at least one decision")
         self.events = tuple(events)
-
-    @property
-    def time(self) -> float:
-        return self.events[0].time
-
-    @property
-    def severity(self) -> str:
-        return self.events[0].severity
-
-    @property
-    def actor(self) -> str:
-        return self.events[0].actor
-
-    @property
-    def peer(self) -> str:
-        return self.events[0].peer
-
-    @property
-    def event_id(self) -> str:
-        return self.events[0].event_id
+        first = self.events[0]  # the call's: every decision shares them
+        self.time, self.severity, self.actor = first.time, first.severity, first.actor
+        self.peer, self.event_id = first.peer, first.event_id
 
     @property
     def outcome(self) -> str:
@@ -270,13 +253,11 @@ def _format_batch(batch: DecisionBatch, seq: int, prev: str) -> tuple[bytes, str
     """format_record of a DecisionBatch: by hand for the server's decisions (the bytes of
     format_fields, as for a single decision), else through format_fields."""
     events = batch.events
-    first = events[0]
-    moment = first.time
+    moment = batch.time
     if type(moment) is not float or not 0.0 <= moment < _FAST_TIME_LIMIT or type(seq) is not int:
         return _format_event(batch, seq, prev)
     E = _json_string
     entries = []
-    outcomes = set()
     try:
         for event in events:
             details: Any = event.details
@@ -294,18 +275,16 @@ def _format_batch(batch: DecisionBatch, seq: int, prev: str) -> tuple[bytes, str
             else:
                 return _format_event(batch, seq, prev)
             outcome = event.outcome
-            outcomes.add(outcome)
             entries.append(
                 f'{{"action":{E(action)},"bundle_version":{E(version)},"cached":{cached_text},'
                 f'"decision_id":{E(decision_id)},"outcome":{E(outcome)},"reason":{E(reason)},'
                 f'"resource_id":{E(resource_id)},"resource_type":{E(resource_type)},'
                 f'"rule_id":{E(rule_id)},"subject":{E(subject)},"subject_type":{E(subject_type)}}}')
-        summary = outcomes.pop() if len(outcomes) == 1 else "mixed"
         head = (
-            f'{{"actor":{E(first.actor)},"details":{{"count":{len(events)},'
-            f'"decisions":[{",".join(entries)}]}},"event_id":{E(first.event_id)},'
-            f'"outcome":{E(summary)},"peer":{E(first.peer)},"prev":{E(prev)},"seq":{seq},'
-            f'"severity":{E(str(first.severity))},"time":"'
+            f'{{"actor":{E(batch.actor)},"details":{{"count":{len(events)},'
+            f'"decisions":[{",".join(entries)}]}},"event_id":{E(batch.event_id)},'
+            f'"outcome":{E(batch.outcome)},"peer":{E(batch.peer)},"prev":{E(prev)},'
+            f'"seq":{seq},"severity":{E(str(batch.severity))},"time":"'
         )
     except (TypeError, AttributeError):  # a value that is not a string, details of no row
         return _format_event(batch, seq, prev)

@@ -94,6 +94,26 @@ def test_audit_dir_replaced_while_decisions_queued_loses_none(
     verify_dir(directory)
 
 
+def test_a_batch_that_could_not_be_written_is_kept_and_counted_until_it_is(
+    make_log: Callable[..., AuditLog], tmp_path: Path
+) -> None:
+    directory = tmp_path / "audit"
+    log = make_log(flush_interval=60.0, batch_max=100_000)
+    batch = [decision(outcome) for outcome in ("allow", "deny", "allow")]
+    for event in batch:
+        event.time = 1_800_000_000.5  # one AuthorizeBatch call: one record
+    log.emit_all(batch)
+    assert log.queue_depth == 3
+    moved = break_dir(directory)
+    assert not log.probe()  # the record cannot be written: back in the queue, still 3
+    assert log.queue_depth == 3 and not log.healthy
+    restore_dir(directory, moved)
+    assert log.probe() and log.queue_depth == 0
+    log.close()
+    assert ids(directory) == [batch[0].event_id]  # one decision.batch record
+    verify_dir(directory)
+
+
 def test_audit_files_deleted_continue_chain_in_new_file(
     make_log: Callable[..., AuditLog], tmp_path: Path
 ) -> None:

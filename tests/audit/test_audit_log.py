@@ -14,7 +14,7 @@ from audit_helpers import admin, decision, wait_until
 
 from pdp.audit import AuditConfig, AuditCorruptError, AuditLog, NullAuditLog, create_audit_log
 from pdp.audit import verify as verify_dir
-from pdp.audit.records import GENESIS, canonical, record_hash
+from pdp.audit.records import GENESIS, DecisionBatch, canonical, record_hash
 from pdp.clock import FakeClock
 from pdp.configuration import build_section
 from pdp.errors import AuditUnavailableError, ConfigError
@@ -293,6 +293,11 @@ def test_one_calls_decisions_are_one_record_and_verify(
     assert entries[1] == {**dict(mixed[1].details), "outcome": "deny"}
     assert all(r["hash"] == record_hash(r) for r in written)
     assert verify_dir(tmp_path / "audit").records == 4
+
+
+def test_a_decision_batch_needs_a_decision() -> None:
+    with pytest.raises(ValueError, match="at least one decision"):
+        DecisionBatch([])
 
 
 def test_a_batch_record_changed_on_disk_fails_verification(
