@@ -42,6 +42,7 @@ from pdp.security.tokens import ReplayCache, TokenIssuer, TokenVerifier
 from pdp.server.access import CallerGate, build_system_policy
 from pdp.server.admin import AdminService
 from pdp.server.authorization import AuthorizationService
+from pdp.server.authorization import add_to_server as add_authorization_to_server
 from pdp.server.bundles import BundleManager
 from pdp.server.config import Config
 from pdp.server.hub import EventHub
@@ -49,7 +50,7 @@ from pdp.server.identity import IdentityService
 from pdp.server.replay import StoreReplayCache
 from pdp.store import QuarantineEntry, open_configured
 from pdp.telemetry import Telemetry
-from pdp_client._proto import admin_pb2, admin_pb2_grpc, authorization_pb2_grpc, identity_pb2_grpc
+from pdp_client._proto import admin_pb2, admin_pb2_grpc, identity_pb2_grpc
 
 __all__ = ["PDPServer", "data_server_options"]
 
@@ -184,8 +185,7 @@ class PDPServer:
             options=data_server_options(srv.max_message_bytes, share_port=srv.workers > 1),
             maximum_concurrent_rpcs=srv.threads * 64,
         )
-        authorization_pb2_grpc.add_AuthorizationServicer_to_server(
-            self.authorization, self._data_server)
+        add_authorization_to_server(self.authorization, self._data_server)
         identity_pb2_grpc.add_IdentityServicer_to_server(self.identity, self._data_server)
         health_pb2_grpc.add_HealthServicer_to_server(self._health_data, self._data_server)
         self.data_port = _bind(self._data_server, srv.data.address, self.tls.credentials(),

@@ -34,6 +34,8 @@ from pdp.server.convert import (
     Defaults,
     convert_defaults,
     decision_to_pb,
+    encode_batch,
+    encode_response,
     service_token_of,
     to_policy_request,
 )
@@ -41,10 +43,10 @@ from pdp.server.hub import EventHub
 from pdp.server.status import abort_with
 from pdp.telemetry import Telemetry
 from pdp_client._proto import authorization_pb2 as pb
-from pdp_client._proto import authorization_pb2_grpc as pb_grpc
 
-__all__ = ["AuthorizationService"]
+__all__ = ["AuthorizationService", "add_to_server"]
 
+SERVICE = "pdp.v1.Authorization"
 AUTHORIZE = "/pdp.v1.Authorization/Authorize"
 AUTHORIZE_BATCH = "/pdp.v1.Authorization/AuthorizeBatch"
 _NOT_EVALUATED = frozenset({"quarantined", "no active bundle"})
@@ -72,8 +74,27 @@ class _Done(NamedTuple):
     started: float  # perf_counter at the start, when metering
 
 
-class AuthorizationService(pb_grpc.AuthorizationServicer):
-    """Answers decisions; fails closed on any doubt (token, audit, stale replica)."""
+def add_to_server(service: AuthorizationService, server: grpc.Server) -> None:
+    """Serve ``service`` on ``server``: as the generated ``add_AuthorizationServicer_to_server``,
+    except that the answers are already bytes (see :func:`encode_response`), so gRPC is given
+    no serializer for them."""
+    handlers = {
+        "Authorize": grpc.unary_unary_rpc_method_handler(
+            service.Authorize, request_deserializer=pb.AuthorizeRequest.FromString),
+        "AuthorizeBatch": grpc.unary_unary_rpc_method_handler(
+            service.AuthorizeBatch, request_deserializer=pb.AuthorizeBatchRequest.FromString),
+    }
+    server.add_generic_rpc_handlers(
+        (grpc.method_handlers_generic_handler(SERVICE, handlers),))
+    server.add_registered_method_handlers(SERVICE, handlers)
+
+
+class AuthorizationService:
+    """Answers decisions; fails closed on any doubt (token, audit, stale replica).
+
+    Both RPCs return their response already serialized (bytes), built by hand from the
+    decision: see pdp.server.convert.encode_response. Register with :func:`add_to_server`.
+    """
 
     def __init__(
         self,
@@ -107,34 +128,34 @@ class AuthorizationService(pb_grpc.AuthorizationServicer):
 
     # --- RPCs -------------------------------------------------------------------------------
 
-    def Authorize(
-        self, request: pb.AuthorizeRequest, context: grpc.ServicerContext
-    ) -> pb.AuthorizeResponse:
+    def Authorize(self, request: pb.AuthorizeRequest, context: grpc.ServicerContext) -> bytes:
+        """One decision: a serialized AuthorizeResponse."""
         peer = self._gate.check(context, AUTHORIZE)
         if not self._tracing:  # the hot path: nothing to add to a span
             try:
                 if request.min_bundle_sequence:
                     self._check_fresh(request.min_bundle_sequence)
-                return self._decide(request, self._call(peer), explain=request.explain)
+                return self._decide(request, self._call(peer), explain=request.explain)[0]
             except PdpError as exc:
                 abort_with(context, exc)
         with self._telemetry.rpc_span(AUTHORIZE, context.invocation_metadata()) as span:
             try:
                 self._check_fresh(request.min_bundle_sequence)
-                response = self._decide(request, self._call(peer), explain=request.explain)
+                answer, decision = self._decide(request, self._call(peer),
+                                                explain=request.explain)
             except PdpError as exc:
                 span.error(exc)
                 abort_with(context, exc)
-            span.set("pdp.decision", "allow" if response.decision else "deny")
-            span.set("pdp.rule_id", response.rule_id)
-            span.set("pdp.bundle_version", response.bundle_version)
-            span.set("pdp.cached", response.cached)
+            span.set("pdp.decision", "allow" if decision.effect is Effect.ALLOW else "deny")
+            span.set("pdp.rule_id", decision.rule_id)
+            span.set("pdp.bundle_version", decision.bundle_version)
+            span.set("pdp.cached", decision.cached)
             span.set("pdp.caller", peer.identity)
-            return response
+            return answer
 
-    def AuthorizeBatch(
-        self, request: pb.AuthorizeBatchRequest, context: grpc.ServicerContext
-    ) -> pb.AuthorizeBatchResponse:
+    def AuthorizeBatch(self, request: pb.AuthorizeBatchRequest,
+                       context: grpc.ServicerContext) -> bytes:
+        """The decisions of every item, in order: a serialized AuthorizeBatchResponse."""
         peer = self._gate.check(context, AUTHORIZE_BATCH)
         if not self._tracing:  # as Authorize: nothing to add to a span
             try:
@@ -151,8 +172,7 @@ class AuthorizationService(pb_grpc.AuthorizationServicer):
             span.set("pdp.caller", peer.identity)
             return response
 
-    def _decide_batch(self, request: pb.AuthorizeBatchRequest,
-                      call: _Call) -> pb.AuthorizeBatchResponse:
+    def _decide_batch(self, request: pb.AuthorizeBatchRequest, call: _Call) -> bytes:
         """One AuthorizeBatch: evaluate every item, audit them at once, answer in order.
         One caller, one address and one "now" for the whole batch."""
         items = request.requests
@@ -167,18 +187,12 @@ class AuthorizationService(pb_grpc.AuthorizationServicer):
         # One hand-over to the audit trail for the whole batch: all or none.
         event = self._event
         recorded = self._record([event(d, call) for d in done])
-        # Answers are added to the response in place: building each one and passing the
-        # list would copy every message once more.
-        response = pb.AuthorizeBatchResponse()
-        add = response.responses.add
         if recorded and self.shadow is None and not self._metering:
-            for d in done:  # nothing to change, compare or count: the answers as decided
-                decision_to_pb(d.decision, d.decision_id, make=add)
-        else:
-            final = self._final
-            for d in done:
-                decision_to_pb(final(d, call, recorded), d.decision_id, make=add)
-        return response
+            # nothing to change, compare or count: the answers as decided
+            return encode_batch([encode_response(d.decision, d.decision_id) for d in done])
+        final = self._final
+        return encode_batch([encode_response(final(d, call, recorded), d.decision_id)
+                             for d in done])
 
     # --- the decision -------------------------------------------------------------------------
 
@@ -203,22 +217,33 @@ class AuthorizationService(pb_grpc.AuthorizationServicer):
         return _Call(peer, address, ip, self._clock())
 
     def _decide(self, item: pb.AuthorizeRequest, call: _Call, *,
-                explain: bool) -> pb.AuthorizeResponse:
-        """One Authorize: evaluate, audit, answer."""
+                explain: bool) -> tuple[bytes, Decision]:
+        """One Authorize: evaluate, audit, answer (serialized) with the decision answered."""
         done = self._evaluate(item, None, call, explain=explain)
-        return self._answer(done, call, self._record([self._event(done, call)]))
+        decision = self._final(done, call, self._record([self._event(done, call)]))
+        if done.traces:
+            return self._explained(decision, done), decision
+        return encode_response(decision, done.decision_id), decision
 
     def _evaluate_all(self, items: Sequence[pb.AuthorizeRequest], defaults: Defaults | None,
                       call: _Call) -> list[_Done]:
         """A batch's decisions; a bad item's error names it (``requests[3].subject.id``),
         a prefix built only when there is an error."""
-        evaluate = self._evaluate
+        general = self._metering or (defaults is not None and defaults.service_token)
+        decide, now, ip = self._engine.decide, call.now, call.ip
+        prefix, ids = self._id_prefix, self._ids
         done = []
         for i, item in enumerate(items):
             try:
-                done.append(evaluate(item, defaults, call, explain=False))
+                if general or item.service_token:  # tokens to verify, or latency to meter
+                    done.append(self._evaluate(item, defaults, call, explain=False))
+                    continue
+                # The common item, as _evaluate does it without a token, explain or metering
+                # (a function call less per decision).
+                req = to_policy_request(item, defaults, peer_ip=ip)
             except RequestError as exc:
                 raise RequestError(exc.message, field=f"requests[{i}].{exc.field}") from None
+            done.append(_Done(req, decide(req, now=now), f"{prefix}-{next(ids)}", (), True, 0.0))
         return done
 
     def _evaluate(
@@ -277,14 +302,15 @@ class AuthorizationService(pb_grpc.AuthorizationServicer):
             return self._fail_open_audit
         return True
 
-    def _answer(self, done: _Done, call: _Call, recorded: bool) -> pb.AuthorizeResponse:
-        """The response for one decision: DENY when its audit event was refused."""
-        response = decision_to_pb(self._final(done, call, recorded), done.decision_id)
+    @staticmethod
+    def _explained(decision: Decision, done: _Done) -> bytes:
+        """The serialized response of an explained decision, with its rule trace."""
+        response = decision_to_pb(decision, done.decision_id)
         for trace in done.traces:
             response.explanation.add(rule_id=trace.rule_id, effect=trace.effect,
                                      matched=trace.matched, failed_part=trace.failed_part,
                                      detail=trace.detail)
-        return response
+        return response.SerializeToString()
 
     def _final(self, done: _Done, call: _Call, recorded: bool) -> Decision:
         """The decision to answer: DENY when its audit event was refused. Compares it with
