@@ -274,12 +274,16 @@ def _format_batch(batch: DecisionBatch, seq: int, prev: str) -> tuple[bytes, str
                 cached_text = "false"
             else:
                 return _format_event(batch, seq, prev)
-            outcome = event.outcome
-            entries.append(
-                f'{{"action":{E(action)},"bundle_version":{E(version)},"cached":{cached_text},'
-                f'"decision_id":{E(decision_id)},"outcome":{E(outcome)},"reason":{E(reason)},'
-                f'"resource_id":{E(resource_id)},"resource_type":{E(resource_type)},'
-                f'"rule_id":{E(rule_id)},"subject":{E(subject)},"subject_type":{E(subject_type)}}}')
+            # As for single records, the JSON of what repeats is built once per shape.
+            shape = (action, version, cached_text, event.outcome, reason, resource_type,
+                     rule_id, subject, subject_type)
+            parts = _entries.get(shape)
+            if parts is None:
+                parts = _entry_parts(shape)
+                if len(_entries) >= _SHAPES_MAX:
+                    _entries.clear()
+                _entries[shape] = parts
+            entries.append(f"{parts[0]}{E(decision_id)}{parts[1]}{E(resource_id)}{parts[2]}")
         head = (
             f'{{"actor":{E(batch.actor)},"details":{{"count":{len(events)},'
             f'"decisions":[{",".join(entries)}]}},"event_id":{E(batch.event_id)},'
@@ -370,6 +374,23 @@ _moment: tuple[float, str] = (-1.0, "")
 # entries are whole tuples, so a reader on another thread never sees a half-built one.
 _shapes: dict[tuple[Any, ...], tuple[str, str, str, str, str]] = {}
 _SHAPES_MAX = 4096
+# The same for the decisions inside a decision.batch record (see _format_batch).
+_entries: dict[tuple[Any, ...], tuple[str, str, str]] = {}
+
+
+def _entry_parts(shape: tuple[Any, ...]) -> tuple[str, str, str]:
+    """The three constant pieces of one decision of a batch record of ``shape``; raises
+    TypeError when a value is not a string (the caller's redaction check sees the rest)."""
+    (action, version, cached_text, outcome, reason, resource_type, rule_id, subject,
+     subject_type) = shape
+    E = _json_string
+    return (
+        f'{{"action":{E(action)},"bundle_version":{E(version)},"cached":{cached_text},'
+        f'"decision_id":',
+        f',"outcome":{E(outcome)},"reason":{E(reason)},"resource_id":',
+        f',"resource_type":{E(resource_type)},"rule_id":{E(rule_id)},"subject":{E(subject)},'
+        f'"subject_type":{E(subject_type)}}}',
+    )
 
 
 def _shape_parts(shape: tuple[Any, ...]) -> tuple[str, str, str, str, str] | None:

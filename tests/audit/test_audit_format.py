@@ -280,3 +280,35 @@ def test_a_batch_record_is_the_generic_record_byte_for_byte(
             peer=fields["peer"], outcome=fields["outcome"], event_id=fields["decision_id"],
             details=ROW_DETAILS(tuple(fields[key] for key in pdp.events.DECISION_KEYS))))
     check(DecisionBatch(events), seq, prev)
+
+
+@PROPERTY
+@given(
+    picks=st.lists(st.tuples(st.integers(0, 5), st.integers(0, 9), st.booleans()),
+                   min_size=1, max_size=8),
+    batches=st.integers(1, 3),
+)
+def test_batch_records_with_repeating_shapes_are_generic_byte_for_byte(
+    picks: list[tuple[int, int, bool]], batches: int,
+) -> None:
+    """A batch's decisions repeat their shape (what is not an id) within a record and across
+    records, and shapes differ from each other in one field only: each record is still the
+    generic one, so the per-shape JSON is keyed by every field it holds."""
+    base = {"subject": "alice", "subject_type": "user", "action": "read",
+            "resource_type": "doc", "rule_id": "r1", "bundle_version": "1:ab",
+            "reason": "", "cached": False}
+    # Shape k changes one field of the base (0 changes none).
+    changes: list[dict[str, Any]] = [{}, {"action": "write"}, {"cached": True},
+                                     {"reason": "default deny"}, {"subject": "bob"},
+                                     {"rule_id": "r2"}]
+    for b in range(batches):
+        events = []
+        for n, (shape, rid, deny) in enumerate(picks):
+            fields = base | changes[shape] | {"resource_id": f"doc-{rid}",
+                                              "decision_id": f"d{b}-{n}"}
+            events.append(Event(
+                type=EventType.DECISION, time=1_800_000_000.5 + b, actor="svc",
+                peer="ipv4:127.0.0.1:1", outcome="deny" if deny else "allow",
+                event_id=fields["decision_id"],
+                details=ROW_DETAILS(tuple(fields[key] for key in pdp.events.DECISION_KEYS))))
+        check(DecisionBatch(events), b + 1, "0" * 64)
