@@ -6,7 +6,7 @@ checked as they are converted; a fault is a RequestError naming the field.
 
 from __future__ import annotations
 
-from collections.abc import Callable, Mapping
+from collections.abc import Mapping
 from typing import Any, NamedTuple
 
 from google.protobuf import struct_pb2
@@ -169,13 +169,10 @@ _ALLOW = pb.DECISION_ALLOW
 _DENY = pb.DECISION_DENY
 
 
-def decision_to_pb(
-    decision: Decision, decision_id: str,
-    make: Callable[..., pb.AuthorizeResponse] = pb.AuthorizeResponse,
-) -> pb.AuthorizeResponse:
-    """The wire response for an engine decision; ``make`` builds it (a batch response's
-    ``responses.add`` builds it in place)."""
-    return make(
+def decision_to_pb(decision: Decision, decision_id: str) -> pb.AuthorizeResponse:
+    """The wire response for an engine decision, as a message (explained answers, which add
+    their rule trace; the others are encoded by hand: :func:`encode_response`)."""
+    return pb.AuthorizeResponse(
         decision=_ALLOW if decision.effect is Effect.ALLOW else _DENY,
         rule_id=decision.rule_id,
         bundle_version=decision.bundle_version,
