@@ -34,6 +34,7 @@ __all__ = [
     "free_port",
     "pinned",
     "rss_bytes",
+    "settle",
     "start_floor",
     "start_pdp",
     "stop_all",
@@ -236,6 +237,23 @@ class BenchEnv:
         server.stop()
         if server in self.servers:
             self.servers.remove(server)
+
+
+def settle(servers: Sequence[ServerProc], *, step: float = 0.1,
+           timeout: float = 5.0) -> float:
+    """Wait until ``servers`` are idle: at most one clock tick (10 ms) of CPU between them in
+    ``step`` seconds, so that a window does not pay for the previous one's backlog (its
+    audit records still being written, its decisions still being counted by the detectors).
+    Gives up after ``timeout`` seconds; returns the seconds waited."""
+    started = time.monotonic()
+    before = sum(s.cpu() for s in servers)
+    while time.monotonic() - started < timeout:
+        time.sleep(step)
+        now = sum(s.cpu() for s in servers)
+        if now - before < 1.5 / _TICKS:  # (sums of whole ticks: no float equality)
+            break
+        before = now
+    return time.monotonic() - started
 
 
 def start_pdp(env: BenchEnv, name: str, *, cores: str | None, port: int | None = None,

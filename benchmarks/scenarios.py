@@ -14,7 +14,7 @@ from typing import Any
 
 import grpc
 
-from benchmarks.harness import BenchEnv, ServerProc
+from benchmarks.harness import BenchEnv, ServerProc, settle
 from benchmarks.load import Job, LoadPool
 from benchmarks.report import Row, percentile, window
 
@@ -55,10 +55,12 @@ def spread(job: Job, inflight: int, workers: int) -> list[Job]:
 
 def measure(bench: Bench, servers: list[ServerProc], jobs: list[Job],
             during: Callable[[], None] | None = None) -> Any:
-    """One window: CPU of ``servers`` (summed) around the workers' timed calls."""
+    """One window: CPU of ``servers`` (summed) around the workers' timed calls. It starts
+    once every server of the run is idle (they share a core): see harness.settle."""
     marks: dict[str, float] = {}
 
     def start() -> None:
+        settle(bench.env.servers)
         marks["cpu"] = sum(s.cpu() for s in servers)
 
     results = bench.pool.run(jobs, on_start=start, during=during)

@@ -7,13 +7,15 @@ measurement ran, produced calls, saw no failed call and wrote its JSON.
 from __future__ import annotations
 
 import json
+import subprocess
+import sys
 from dataclasses import replace
 from pathlib import Path
 
 import pytest
 
 from benchmarks.bundles import bundle_json
-from benchmarks.harness import BenchEnv, start_pdp, stop_all
+from benchmarks.harness import BenchEnv, ServerProc, settle, start_pdp, stop_all
 from benchmarks.load import LoadPool
 from benchmarks.report import percentile
 from benchmarks.run import QUICK, run
@@ -25,6 +27,19 @@ def test_percentile_is_nearest_rank() -> None:
     assert percentile(values, 50) == 50.0
     assert percentile(values, 99) == 99.0
     assert percentile([], 50) == 0.0
+
+
+def test_settle_waits_for_a_busy_server_and_not_for_an_idle_one() -> None:
+    """A window starts once the servers have finished the previous one's work."""
+    busy = subprocess.Popen([sys.executable, "-c", "while True: pass"])
+    idle = subprocess.Popen([sys.executable, "-c", "import time; time.sleep(30)"])
+    try:
+        assert settle([ServerProc("busy", busy, 0)], timeout=0.6) >= 0.6
+        assert settle([ServerProc("idle", idle, 0)], timeout=5.0) < 1.0
+    finally:
+        for proc in (busy, idle):
+            proc.kill()
+            proc.wait()
 
 
 def test_bundle_generator_sizes() -> None:
