@@ -191,7 +191,14 @@ def verify(directory: Path | str, *, allow_pruned: bool = False) -> VerifyReport
             file=str(head_path),
             line=1,
         )
-    if head is not None and not v.head_seen:
+    if head is not None and head.seq == 0:
+        # The head of a trail before its first record (written when the log starts, e.g. by
+        # a server whose listener then failed to bind): no record can be missing after it.
+        if head.hash != GENESIS:
+            raise AuditVerificationError(
+                "audit.head names seq 0 with a hash other than the chain's start",
+                file=str(head_path), line=1)
+    elif head is not None and not v.head_seen:
         last = files[-1][1] if files else directory / head.file
         line = _count_lines(last) + 1 if last.exists() else 1
         raise v.fail(

@@ -179,3 +179,31 @@ def test_cli_on_missing_directory_fails_cleanly(
     assert run_cli("audit", "verify", str(tmp_path / "nope")) == 2
     assert "not a directory" in capsys.readouterr().err
     assert run_cli("audit", "tail", str(tmp_path / "nope")) == 2
+
+
+def test_a_trail_started_but_never_written_verifies(tmp_path: Path) -> None:
+    """A server whose listener failed to bind leaves an empty file and audit.head at seq 0:
+    nothing was written, so nothing is missing (it used to be reported as truncated)."""
+    directory = tmp_path / "audit"
+    log = AuditLog(AuditConfig(dir=directory, flush_interval=0.01), clock=FakeClock())
+    log.start()
+    log.close()
+    assert json.loads((directory / "audit.head").read_text())["seq"] == 0
+    report = verify(directory)
+    assert (report.records, report.files) == (0, 1)
+    assert run_cli("audit", "verify", str(directory)) == 0
+
+
+def test_a_head_at_seq_0_with_records_after_it_verifies(trail: Path) -> None:
+    """A crash after the first write but before audit.head was updated: the head lags, as
+    it may at any seq, and the records after it are checked by their chain."""
+    (trail / "audit.head").write_text(json.dumps(
+        {"seq": 0, "hash": "0" * 64, "file": "audit-000001.jsonl"}) + "\n")
+    assert verify(trail).records > 60
+
+
+def test_a_head_at_seq_0_with_another_hash_is_refused(
+        trail: Path, capsys: pytest.CaptureFixture[str]) -> None:
+    (trail / "audit.head").write_text(json.dumps(
+        {"seq": 0, "hash": "1" * 64, "file": "audit-000001.jsonl"}) + "\n")
+    expect_bad(trail, "audit.head", 1, "seq 0 with a hash other than", capsys)
