@@ -131,7 +131,12 @@ async def _raw_call(job: Job, worker: int) -> tuple[Call, Callable[[], Awaitable
     async def call(n: int) -> int:
         stub = next(stubs)
         if job.op == "batch3":
-            out = await stub.AuthorizeBatch(batch, timeout=10.0)
+            request_batch = batch
+            if job.vary:  # a fresh resource id, as for single calls
+                request_batch = pb.AuthorizeBatchRequest()
+                request_batch.CopyFrom(batch)
+                request_batch.defaults.resource.id = f"{prefix}{n}"
+            out = await stub.AuthorizeBatch(request_batch, timeout=10.0)
             allowed = [r.decision == pb.DECISION_ALLOW for r in out.responses]
             if allowed != [True, True, True]:
                 raise RuntimeError("unexpected decision in batch of 3")

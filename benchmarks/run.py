@@ -29,6 +29,7 @@ WORK = Path(__file__).resolve().parent / ".cache" / "work"
 SERVER_CORE, CLIENT_CORE = "0", 1
 WORKERS = 2  # load-generator processes (they share the client core)
 FLOOR_BATCH = "floor no-op AuthorizeBatch(100), 8 in flight"
+BATCH3_FRESH = "pdp AuthorizeBatch(3) uncached, 32"
 SHADOW_ROW = "default + shadow evaluation of a candidate"
 AUDIT_OFF = "[audit]\nenabled = false\n"
 DETECT_OFF = "[detection]\nenabled = false\n"
@@ -164,8 +165,12 @@ def peer_rows(bench: Bench, env: BenchEnv, pdp: ServerProc, bundle: Any, process
     except cerbos.CerbosUnavailable as exc:
         print(f"\nCerbos peer skipped: {exc}", flush=True)
         out["cerbos_skipped"] = str(exc)
-    plan.append((Row("pdp AuthorizeBatch(3), 32"), [pdp],
+    plan.append((Row("pdp AuthorizeBatch(3), 32", "the same request on every call, as Cerbos "
+                     "gets: answered from pdp's decision cache"), [pdp],
                  lambda: spread(b.job(pdp, client="raw", op="batch3"), 32, WORKERS)))
+    plan.append((Row(BATCH3_FRESH, "a new resource id on every call: never cached"), [pdp],
+                 lambda: spread(b.job(pdp, client="raw", op="batch3", vary=True), 32,
+                                WORKERS)))
     plan.append((Row("pdp Authorize uncached, 32 (1 process)"), [pdp],
                  lambda: spread(b.job(pdp, vary=True), 32, WORKERS)))
     # Several processes on one port (`[server] workers`): the kernel spreads connections, so
@@ -269,7 +274,12 @@ def targets(rows: dict[str, Row], out: dict[str, Any]) -> dict[str, Any]:
     if cerbos_name:
         r = ratio(m("pdp AuthorizeBatch(3), 32", "server_cpu_us_per_call"),
                   m(cerbos_name, "server_cpu_us_per_call"))
-        t["CPU/call batch(3) <= Cerbos"] = {"ratio": r, "met": r is not None and r <= 1.0}
+        # The target's figure is the same request as Cerbos gets; what a new resource on every
+        # call costs against the same Cerbos figure is reported beside it.
+        fresh = ratio(m(BATCH3_FRESH, "server_cpu_us_per_call"),
+                      m(cerbos_name, "server_cpu_us_per_call"))
+        t["CPU/call batch(3) <= Cerbos"] = {"ratio": r, "uncached_ratio": fresh,
+                                           "met": r is not None and r <= 1.0}
         best = max((m(n, "calls_per_s") or 0.0) for n in rows
                    if n.startswith("pdp Authorize uncached, 32"))
         r = ratio(best, m(cerbos_name, "calls_per_s"))

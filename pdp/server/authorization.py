@@ -1,7 +1,9 @@
 """The decision RPCs: Authorize and AuthorizeBatch, answered from the engine and its cache.
 
 This is the hot path: per call one peer check (a dict lookup), one engine decision, one
-queued audit event, and a span only when tracing is on.
+queued audit event, and a span only when tracing is on. Requests arrive as bytes and are
+parsed here, after the caller is checked; a request that repeats is not parsed again (see
+:class:`_Known`).
 """
 
 from __future__ import annotations
@@ -15,6 +17,7 @@ from collections.abc import Callable, Sequence
 from typing import Any, NamedTuple
 
 import grpc
+from google.protobuf.message import DecodeError
 
 from pdp.clock import Clock
 from pdp.errors import (
@@ -52,6 +55,28 @@ AUTHORIZE_BATCH = "/pdp.v1.Authorization/AuthorizeBatch"
 _NOT_EVALUATED = frozenset({"quarantined", "no active bundle"})
 _UNPARSED = "-"  # not an IP: marks an address whose IP was not parsed yet
 _MIN_SEQUENCE = operator.attrgetter("min_bundle_sequence")
+# Known requests (see _Known): how many are kept, and which are: a request of at most this
+# many bytes and batch items. What one entry can hold is bounded by these: ~20 MB at most.
+KNOWN_MAX = 2048
+KNOWN_MAX_BYTES = 1024
+KNOWN_MAX_ITEMS = 32
+
+
+class _Known(NamedTuple):
+    """A request already parsed and converted, kept by its exact bytes and the caller's IP.
+
+    Parsing the wire bytes and converting them into the engine's Request costs more than
+    answering from the decision cache (5.5 µs warm for an Authorize, 13 µs for a batch of
+    3). Parsing is a function of the bytes alone, and the caller's IP is the one other input
+    of a Request, so a request whose bytes and IP were seen before is the same Request.
+    Only requests whose every decision came from the decision cache are kept (they repeat;
+    one-off requests never displace them), and only those without a service token (a
+    token is verified on every call) or an explain flag. The caller is still checked, and
+    the decision still asked of the engine (quarantine, expiry, bundle version), every call.
+    """
+
+    requests: tuple[Request, ...]
+    min_sequence: int
 
 
 class _Call(NamedTuple):
@@ -76,13 +101,12 @@ class _Done(NamedTuple):
 
 def add_to_server(service: AuthorizationService, server: grpc.Server) -> None:
     """Serve ``service`` on ``server``: as the generated ``add_AuthorizationServicer_to_server``,
-    except that the answers are already bytes (see :func:`encode_response`), so gRPC is given
-    no serializer for them."""
+    except that gRPC is given neither a deserializer nor a serializer: the service parses
+    the request bytes itself once the caller is checked, and its answers are already bytes
+    (see :func:`encode_response`)."""
     handlers = {
-        "Authorize": grpc.unary_unary_rpc_method_handler(
-            service.Authorize, request_deserializer=pb.AuthorizeRequest.FromString),
-        "AuthorizeBatch": grpc.unary_unary_rpc_method_handler(
-            service.AuthorizeBatch, request_deserializer=pb.AuthorizeBatchRequest.FromString),
+        "Authorize": grpc.unary_unary_rpc_method_handler(service.Authorize),
+        "AuthorizeBatch": grpc.unary_unary_rpc_method_handler(service.AuthorizeBatch),
     }
     server.add_generic_rpc_handlers(
         (grpc.method_handlers_generic_handler(SERVICE, handlers),))
@@ -92,8 +116,9 @@ def add_to_server(service: AuthorizationService, server: grpc.Server) -> None:
 class AuthorizationService:
     """Answers decisions; fails closed on any doubt (token, audit, stale replica).
 
-    Both RPCs return their response already serialized (bytes), built by hand from the
-    decision: see pdp.server.convert.encode_response. Register with :func:`add_to_server`.
+    Both RPCs take their request serialized (bytes) and return their response serialized,
+    built by hand from the decision: see pdp.server.convert.encode_response. Register with
+    :func:`add_to_server`.
     """
 
     def __init__(
@@ -125,24 +150,21 @@ class AuthorizationService:
         # than a UUID per call.
         self._id_prefix = os.urandom(6).hex()
         self._ids = itertools.count(1)
+        self._known: dict[tuple[bytes, str | None], _Known] = {}  # see _Known
 
     # --- RPCs -------------------------------------------------------------------------------
 
-    def Authorize(self, request: pb.AuthorizeRequest, context: grpc.ServicerContext) -> bytes:
-        """One decision: a serialized AuthorizeResponse."""
+    def Authorize(self, request: bytes, context: grpc.ServicerContext) -> bytes:
+        """One decision: a serialized AuthorizeResponse for a serialized AuthorizeRequest."""
         peer = self._gate.check(context, AUTHORIZE)
         if not self._tracing:  # the hot path: nothing to add to a span
             try:
-                if request.min_bundle_sequence:
-                    self._check_fresh(request.min_bundle_sequence)
-                return self._decide(request, self._call(peer), explain=request.explain)[0]
+                return self._authorize(request, self._call(peer))[0]
             except PdpError as exc:
                 abort_with(context, exc)
         with self._telemetry.rpc_span(AUTHORIZE, context.invocation_metadata()) as span:
             try:
-                self._check_fresh(request.min_bundle_sequence)
-                answer, decision = self._decide(request, self._call(peer),
-                                                explain=request.explain)
+                answer, decision = self._authorize(request, self._call(peer))
             except PdpError as exc:
                 span.error(exc)
                 abort_with(context, exc)
@@ -153,46 +175,93 @@ class AuthorizationService:
             span.set("pdp.caller", peer.identity)
             return answer
 
-    def AuthorizeBatch(self, request: pb.AuthorizeBatchRequest,
-                       context: grpc.ServicerContext) -> bytes:
-        """The decisions of every item, in order: a serialized AuthorizeBatchResponse."""
+    def AuthorizeBatch(self, request: bytes, context: grpc.ServicerContext) -> bytes:
+        """The decisions of every item, in order: a serialized AuthorizeBatchResponse for a
+        serialized AuthorizeBatchRequest."""
         peer = self._gate.check(context, AUTHORIZE_BATCH)
         if not self._tracing:  # as Authorize: nothing to add to a span
             try:
-                return self._decide_batch(request, self._call(peer))
+                return self._decide_batch(request, self._call(peer))[0]
             except PdpError as exc:
                 abort_with(context, exc)
         with self._telemetry.rpc_span(AUTHORIZE_BATCH, context.invocation_metadata()) as span:
             try:
-                response = self._decide_batch(request, self._call(peer))
+                response, count = self._decide_batch(request, self._call(peer))
             except PdpError as exc:
                 span.error(exc)
                 abort_with(context, exc)
-            span.set("pdp.batch_size", len(request.requests))
+            span.set("pdp.batch_size", count)
             span.set("pdp.caller", peer.identity)
             return response
 
-    def _decide_batch(self, request: pb.AuthorizeBatchRequest, call: _Call) -> bytes:
-        """One AuthorizeBatch: evaluate every item, audit them at once, answer in order.
-        One caller, one address and one "now" for the whole batch."""
+    def _authorize(self, raw: bytes, call: _Call) -> tuple[bytes, Decision]:
+        """One Authorize: parse (unless known), evaluate, audit, answer (serialized), with
+        the decision answered."""
+        known = self._known.get((raw, call.ip))
+        if known is not None:
+            if known.min_sequence:
+                self._check_fresh(known.min_sequence)
+            done = self._evaluate_known(known.requests[0], call)
+        else:
+            item = _parse(pb.AuthorizeRequest, raw)
+            if item.min_bundle_sequence:
+                self._check_fresh(item.min_bundle_sequence)
+            done = self._evaluate(item, None, call, explain=item.explain)
+            if (done.decision.cached and not item.explain and not item.service_token
+                    and len(raw) <= KNOWN_MAX_BYTES):
+                self._remember(raw, call, _Known((done.request,), item.min_bundle_sequence))
+        decision = self._final(done, call, self._record([self._event(done, call)]))
+        if done.traces:
+            return self._explained(decision, done), decision
+        return encode_response(decision, done.decision_id), decision
+
+    def _decide_batch(self, raw: bytes, call: _Call) -> tuple[bytes, int]:
+        """One AuthorizeBatch: evaluate every item, audit them at once, answer in order; the
+        answer (serialized) and the number of items. One caller, one address and one "now"
+        for the whole batch."""
+        known = self._known.get((raw, call.ip))
+        if known is not None:
+            if known.min_sequence:
+                self._check_fresh(known.min_sequence)
+            evaluate = self._evaluate_known
+            done = [evaluate(r, call) for r in known.requests]
+        else:
+            done = self._evaluate_batch(raw, call)
+        # One hand-over to the audit trail for the whole batch: all or none.
+        event = self._event
+        recorded = self._record([event(d, call) for d in done])
+        if recorded and self.shadow is None and not self._metering:
+            # nothing to change, compare or count: the answers as decided
+            return (encode_batch([encode_response(d.decision, d.decision_id) for d in done]),
+                    len(done))
+        final = self._final
+        return encode_batch([encode_response(final(d, call, recorded), d.decision_id)
+                             for d in done]), len(done)
+
+    def _evaluate_batch(self, raw: bytes, call: _Call) -> list[_Done]:
+        """Parse a batch that is not known, check it and evaluate its items."""
+        request = _parse(pb.AuthorizeBatchRequest, raw)
         items = request.requests
         count = len(items)
         if count > self._max_batch:
             raise RequestTooLargeError(f"{count} requests; at most {self._max_batch} per batch",
                                        field="requests")
         defaults = convert_defaults(request.defaults) if request.HasField("defaults") else None
-        self._check_fresh(max(max(map(_MIN_SEQUENCE, items), default=0),
-                              defaults.min_bundle_sequence if defaults is not None else 0))
+        minimum = max(max(map(_MIN_SEQUENCE, items), default=0),
+                      defaults.min_bundle_sequence if defaults is not None else 0)
+        self._check_fresh(minimum)
         done = self._evaluate_all(items, defaults, call)
-        # One hand-over to the audit trail for the whole batch: all or none.
-        event = self._event
-        recorded = self._record([event(d, call) for d in done])
-        if recorded and self.shadow is None and not self._metering:
-            # nothing to change, compare or count: the answers as decided
-            return encode_batch([encode_response(d.decision, d.decision_id) for d in done])
-        final = self._final
-        return encode_batch([encode_response(final(d, call, recorded), d.decision_id)
-                             for d in done])
+        if (count <= KNOWN_MAX_ITEMS and len(raw) <= KNOWN_MAX_BYTES
+                and all(d.decision.cached for d in done)
+                and not (defaults is not None and defaults.service_token)
+                and not any(item.service_token for item in items)):
+            self._remember(raw, call, _Known(tuple(d.request for d in done), minimum))
+        return done
+
+    def _remember(self, raw: bytes, call: _Call, known: _Known) -> None:
+        if len(self._known) >= KNOWN_MAX:
+            self._known.clear()  # those that still repeat come back at their next call
+        self._known[(raw, call.ip)] = known
 
     # --- the decision -------------------------------------------------------------------------
 
@@ -215,15 +284,6 @@ class AuthorizationService:
                 self._ips.clear()
             ip = self._ips[address] = peer_ip(address)
         return _Call(peer, address, ip, self._clock())
-
-    def _decide(self, item: pb.AuthorizeRequest, call: _Call, *,
-                explain: bool) -> tuple[bytes, Decision]:
-        """One Authorize: evaluate, audit, answer (serialized) with the decision answered."""
-        done = self._evaluate(item, None, call, explain=explain)
-        decision = self._final(done, call, self._record([self._event(done, call)]))
-        if done.traces:
-            return self._explained(decision, done), decision
-        return encode_response(decision, done.decision_id), decision
 
     def _evaluate_all(self, items: Sequence[pb.AuthorizeRequest], defaults: Defaults | None,
                       call: _Call) -> list[_Done]:
@@ -275,6 +335,12 @@ class AuthorizationService:
             decision = self._engine.decide(req, now=call.now)
         return _Done(req, decision, f"{self._id_prefix}-{next(self._ids)}", traces,
                      token_error is None, started)
+
+    def _evaluate_known(self, request: Request, call: _Call) -> _Done:
+        """The decision for a known request (no token, no explain; see _Known)."""
+        started = time.perf_counter() if self._metering else 0.0
+        return _Done(request, self._engine.decide(request, now=call.now),
+                     f"{self._id_prefix}-{next(self._ids)}", (), True, started)
 
     def _event(self, done: _Done, call: _Call) -> Event:
         """The audit event of one decision."""
@@ -352,3 +418,12 @@ class AuthorizationService:
             with contextlib.suppress(AuditUnavailableError):  # the decision is a DENY anyway
                 self._events.emit(event)
             return None, exc
+
+
+def _parse(message: Any, raw: bytes) -> Any:
+    """``raw`` parsed as ``message`` (a generated message class); RequestError if it is not
+    one."""
+    try:
+        return message.FromString(raw)
+    except DecodeError as exc:
+        raise RequestError(f"not a valid {message.DESCRIPTOR.name}: {exc}") from None
