@@ -98,6 +98,7 @@ class AuditLog:
         self._ready = False  # chain state known (resumed from disk)
         self._dirty = False  # a write failed: repair before writing again
         self._exclusive = False  # the next file opened must be new
+        self._abandoned = ""  # why this log no longer owns its directory (see abandon)
 
     # --- public surface -----------------------------------------------------------
 
@@ -181,6 +182,20 @@ class AuditLog:
             if self._repair():
                 self._drain_locked(limit=None)
         return self.healthy
+
+    def abandon(self, reason: str) -> None:
+        """Stop writing for good: the directory is no longer this log's (its server found
+        its lock file removed or replaced, so another server may own it now, and one chain
+        with two writers would fork). From now on the log is unhealthy: decisions are
+        refused (or, with ``fail_open``, queued until the queue is full and then counted
+        lost) and nothing more is written, not even into a directory recreated at the same
+        path."""
+        with self._wlock:
+            self._abandoned = reason
+            if self._fd is not None:
+                os.close(self._fd)
+                self._fd = None
+            self._set_failed(RuntimeError(reason))
 
     def close(self, timeout: float = 10.0) -> None:
         """Write every accepted event, then stop; waits at most ``timeout`` seconds.
@@ -343,6 +358,8 @@ class AuditLog:
 
     def _repair(self) -> bool:
         """Under _wlock: undo a failed write and prove the directory writable."""
+        if self._abandoned:
+            return False
         if self.healthy and not self._dirty:
             return True
         try:
@@ -565,6 +582,9 @@ class NullAuditLog:
 
     def emit_all(self, events: Sequence[Event]) -> None:
         """Discard ``events``."""
+
+    def abandon(self, reason: str) -> None:
+        """Nothing is written anyway."""
 
     def start(self) -> None:
         """Nothing to start."""

@@ -148,6 +148,7 @@ class PDPServer:
         self._stopping = threading.Event()
         self._monitor: threading.Thread | None = None
         self._lock_fd: int | None = None
+        self._lost_directory = ""  # why this server no longer owns its data directory
         self._active_kid = ""
 
     def _gate(self, listener: str, policy: CompiledPolicy, cidrs: tuple[str, ...]) -> CallerGate:
@@ -265,7 +266,7 @@ class PDPServer:
     # --- health, status ------------------------------------------------------------------------
 
     def _serving(self) -> bool:
-        return self.engine.policy is not None and (
+        return self.engine.policy is not None and not self._lost_directory and (
             self.audit.healthy or self.config.audit_config.fail_open)
 
     def _set_health(self, *, serving: bool) -> None:
@@ -283,6 +284,7 @@ class PDPServer:
         next_prune = 0.0
         while not self._stopping.wait(HEALTH_INTERVAL):
             try:
+                self._check_directory_lock()
                 self._update_health()
                 self.manager.sync_if_changed()
                 self._watch_keys()
@@ -301,6 +303,29 @@ class PDPServer:
                     store_down = True
             except Exception:  # the monitor must outlive any one failure
                 log.exception("health monitor")
+
+    def _check_directory_lock(self) -> None:
+        """Fail closed for good once the audit directory's lock file is removed or replaced
+        (the data directory deleted, perhaps recreated, under this running server): another
+        server may own the directory now, and two writers would fork its hash chain. The
+        audit trail stops writing, so decisions are refused (DENY "audit unavailable",
+        unless fail_open), and health stays NOT_SERVING until this server is restarted."""
+        if self._lock_fd is None or self._lost_directory:
+            return
+        path = _lock_path(self.config.audit_config.dir)
+        try:
+            held = os.fstat(self._lock_fd)
+            same = os.path.samestat(os.stat(path), held)
+        except FileNotFoundError:
+            same = False
+        if same:
+            return
+        self._lost_directory = (
+            f"the lock file {path} was removed or replaced under this running server: "
+            "another server may own its directory now; restart this one")
+        log.error("%s; refusing decisions and writing no more audit records",
+                  self._lost_directory)
+        self.audit.abandon(self._lost_directory)
 
     def _watch_keys(self) -> None:
         """Audit the moment this replica starts signing with a key rotated on disk."""
@@ -390,10 +415,14 @@ class PDPServer:
             log.error("audit unavailable for %s: %s", type_, exc)
 
 
+def _lock_path(directory: Path) -> Path:
+    return directory.parent / f".{directory.name}.lock"
+
+
 def _lock_directory(directory: Path) -> int:
     """Take an exclusive lock next to ``directory``; raise ConfigError if another holds it."""
     directory.parent.mkdir(parents=True, exist_ok=True, mode=0o700)
-    path = directory.parent / f".{directory.name}.lock"
+    path = _lock_path(directory)
     fd = os.open(path, os.O_RDWR | os.O_CREAT, 0o600)
     try:
         fcntl.flock(fd, fcntl.LOCK_EX | fcntl.LOCK_NB)

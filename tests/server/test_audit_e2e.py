@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import json
+import shutil
 import time
 from collections.abc import Callable
 from pathlib import Path
@@ -87,6 +88,37 @@ def test_unwritable_audit_denies_then_recovers(harness: Harness) -> None:
         moved.rename(audit_dir)
     _wait(lambda: harness.server.audit.healthy)
     assert stub.Authorize(authorize_request("alice", "read", "d3"), timeout=5).decision == 1
+
+
+def test_a_data_directory_replaced_under_a_running_server_fails_it_closed(
+    start_server: Callable[..., Harness],
+) -> None:
+    old = start_server()
+    stub = old.authz()
+    first = stub.Authorize(authorize_request("alice", "read", "d1"), timeout=5)
+    assert first.decision == 1
+    audit_dir = old.server.config.audit_config.dir
+    _wait(lambda: any(first.decision_id in line for line in _records(audit_dir)))
+    data_dir = old.server.config.data_dir
+    shutil.rmtree(data_dir)  # the lock file beside the audit directory goes with it
+    data_dir.mkdir()
+    health = health_pb2_grpc.HealthStub(old.channel(old.pki.service))
+    _wait(lambda: health.Check(health_pb2.HealthCheckRequest(), timeout=5).status
+          == health_pb2.HealthCheckResponse.NOT_SERVING)
+    assert "lock file" in old.server.audit.last_error
+    # A new server takes the recreated directory; the old one refuses every decision and
+    # writes nothing into the new server's chain.
+    new = start_server(directory=old.directory)
+    refused = stub.Authorize(authorize_request("alice", "read", "d2"), timeout=5)
+    assert (refused.decision, refused.reason) == (0, "audit unavailable")
+    assert new.authz().Authorize(authorize_request("alice", "read", "d3"),
+                                 timeout=5).decision == 1
+    time.sleep(1.0)  # two of the old server's health checks and audit retries
+    assert not old.server.audit.healthy
+    new.close()
+    assert verify(audit_dir).records == len(_records(audit_dir))
+    assert not any(refused.decision_id in line or first.decision_id in line
+                   for line in _records(audit_dir))
 
 
 def test_health_is_not_serving_until_a_bundle_is_active(
