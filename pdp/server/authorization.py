@@ -251,7 +251,7 @@ class AuthorizationService:
                       defaults.min_bundle_sequence if defaults is not None else 0)
         self._check_fresh(minimum)
         done = self._evaluate_all(items, defaults, call)
-        if (count <= KNOWN_MAX_ITEMS and len(raw) <= KNOWN_MAX_BYTES
+        if (0 < count <= KNOWN_MAX_ITEMS and len(raw) <= KNOWN_MAX_BYTES
                 and all(d.decision.cached for d in done)
                 and not (defaults is not None and defaults.service_token)
                 and not any(item.service_token for item in items)):

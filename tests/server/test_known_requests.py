@@ -173,13 +173,15 @@ def test_explain_requests_are_never_known(start_server: Callable[..., Harness]) 
     assert _known(harness) == {}
 
 
-def test_large_requests_and_batches_are_not_kept(harness: Harness) -> None:
+def test_large_requests_and_large_or_empty_batches_are_not_kept(harness: Harness) -> None:
     stub = harness.authz()
     big = authorize_request("alice", "read", "d" * authorization.KNOWN_MAX_BYTES)
     wide = _batch(*(f"d{i}" for i in range(authorization.KNOWN_MAX_ITEMS + 1)))
+    empty = authorization_pb2.AuthorizeBatchRequest()
     for _ in range(4):
         assert stub.Authorize(big, timeout=5).decision == 1
         assert all(a.decision == 1 for a in stub.AuthorizeBatch(wide, timeout=5).responses)
+        assert len(stub.AuthorizeBatch(empty, timeout=5).responses) == 0
     assert _known(harness) == {}
 
 
