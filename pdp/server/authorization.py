@@ -75,6 +75,7 @@ class _Known(NamedTuple):
     the decision still asked of the engine (quarantine, expiry, bundle version), every call.
     """
 
+    ip: str | None  # the caller's IP, part of every Request below
     requests: tuple[Request, ...]
     min_sequence: int
 
@@ -150,7 +151,7 @@ class AuthorizationService:
         # than a UUID per call.
         self._id_prefix = os.urandom(6).hex()
         self._ids = itertools.count(1)
-        self._known: dict[tuple[bytes, str | None], _Known] = {}  # see _Known
+        self._known: dict[bytes, _Known] = {}  # see _Known
 
     # --- RPCs -------------------------------------------------------------------------------
 
@@ -197,19 +198,22 @@ class AuthorizationService:
     def _authorize(self, raw: bytes, call: _Call) -> tuple[bytes, Decision]:
         """One Authorize: parse (unless known), evaluate, audit, answer (serialized), with
         the decision answered."""
-        known = self._known.get((raw, call.ip))
-        if known is not None:
+        known = self._known.get(raw) if len(raw) <= KNOWN_MAX_BYTES else None
+        if known is not None and known.ip == call.ip:
             if known.min_sequence:
                 self._check_fresh(known.min_sequence)
             done = self._evaluate_known(known.requests[0], call)
         else:
-            item = _parse(pb.AuthorizeRequest, raw)
+            try:
+                item = pb.AuthorizeRequest.FromString(raw)
+            except DecodeError as exc:
+                raise _not_a("AuthorizeRequest", exc) from None
             if item.min_bundle_sequence:
                 self._check_fresh(item.min_bundle_sequence)
             done = self._evaluate(item, None, call, explain=item.explain)
             if (done.decision.cached and not item.explain and not item.service_token
                     and len(raw) <= KNOWN_MAX_BYTES):
-                self._remember(raw, call, _Known((done.request,), item.min_bundle_sequence))
+                self._remember(raw, _Known(call.ip, (done.request,), item.min_bundle_sequence))
         decision = self._final(done, call, self._record([self._event(done, call)]))
         if done.traces:
             return self._explained(decision, done), decision
@@ -219,8 +223,9 @@ class AuthorizationService:
         """One AuthorizeBatch: evaluate every item, audit them at once, answer in order; the
         answer (serialized) and the number of items. One caller, one address and one "now"
         for the whole batch."""
-        known = self._known.get((raw, call.ip))
-        if known is not None:
+        # (A larger request is never known: not even hashed.)
+        known = self._known.get(raw) if len(raw) <= KNOWN_MAX_BYTES else None
+        if known is not None and known.ip == call.ip:
             if known.min_sequence:
                 self._check_fresh(known.min_sequence)
             evaluate = self._evaluate_known
@@ -240,7 +245,10 @@ class AuthorizationService:
 
     def _evaluate_batch(self, raw: bytes, call: _Call) -> list[_Done]:
         """Parse a batch that is not known, check it and evaluate its items."""
-        request = _parse(pb.AuthorizeBatchRequest, raw)
+        try:
+            request = pb.AuthorizeBatchRequest.FromString(raw)
+        except DecodeError as exc:
+            raise _not_a("AuthorizeBatchRequest", exc) from None
         items = request.requests
         count = len(items)
         if count > self._max_batch:
@@ -255,13 +263,13 @@ class AuthorizationService:
                 and all(d.decision.cached for d in done)
                 and not (defaults is not None and defaults.service_token)
                 and not any(item.service_token for item in items)):
-            self._remember(raw, call, _Known(tuple(d.request for d in done), minimum))
+            self._remember(raw, _Known(call.ip, tuple(d.request for d in done), minimum))
         return done
 
-    def _remember(self, raw: bytes, call: _Call, known: _Known) -> None:
+    def _remember(self, raw: bytes, known: _Known) -> None:
         if len(self._known) >= KNOWN_MAX:
             self._known.clear()  # those that still repeat come back at their next call
-        self._known[(raw, call.ip)] = known
+        self._known[raw] = known  # one caller IP per request bytes: the latest
 
     # --- the decision -------------------------------------------------------------------------
 
@@ -420,10 +428,7 @@ class AuthorizationService:
             return None, exc
 
 
-def _parse(message: Any, raw: bytes) -> Any:
-    """``raw`` parsed as ``message`` (a generated message class); RequestError if it is not
-    one."""
-    try:
-        return message.FromString(raw)
-    except DecodeError as exc:
-        raise RequestError(f"not a valid {message.DESCRIPTOR.name}: {exc}") from None
+
+def _not_a(message: str, exc: DecodeError) -> RequestError:
+    """The error for request bytes that are not a ``message``."""
+    return RequestError(f"not a valid {message}: {exc}")
