@@ -56,8 +56,10 @@ _NOT_EVALUATED = frozenset({"quarantined", "no active bundle"})
 _UNPARSED = "-"  # not an IP: marks an address whose IP was not parsed yet
 _MIN_SEQUENCE = operator.attrgetter("min_bundle_sequence")
 # Known requests (see _Known): how many are kept, and which are: a request of at most this
-# many bytes and batch items. What one entry can hold is bounded by these: ~20 MB at most.
-KNOWN_MAX = 2048
+# many bytes and batch items. Together they bound the memory: a 1 KiB batch of ~25 items,
+# each with its own subject, action, resource and properties, is ~12 KiB of objects, so
+# ~13 MB at most; the usual request (one decision, ~100 bytes) is ~1 KiB.
+KNOWN_MAX = 1024
 KNOWN_MAX_BYTES = 1024
 KNOWN_MAX_ITEMS = 32
 
@@ -426,7 +428,6 @@ class AuthorizationService:
             with contextlib.suppress(AuditUnavailableError):  # the decision is a DENY anyway
                 self._events.emit(event)
             return None, exc
-
 
 
 def _not_a(message: str, exc: DecodeError) -> RequestError:
