@@ -131,7 +131,7 @@ class PDPServer:
             engine=self.engine, gate=self.data_gate, tokens=self.token_verifier,
             events=self.events, telemetry=self.telemetry, clock=clock,
             max_batch=config.server.max_batch, fail_open_audit=config.audit_config.fail_open,
-            shadow=self.shadow.submit)
+            shadow=self.shadow)
         self.identity = IdentityService(
             issuer=self.token_issuer, keys=self.keys, gate=self.data_gate, events=self.events,
             clock=clock, default_ttl=config.tokens.default_ttl)

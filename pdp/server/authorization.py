@@ -13,7 +13,7 @@ import itertools
 import operator
 import os
 import time
-from collections.abc import Callable, Sequence
+from collections.abc import Sequence
 from typing import Any, NamedTuple
 
 import grpc
@@ -30,6 +30,7 @@ from pdp.errors import (
 )
 from pdp.events import DecisionDetails, Event, EventType, Severity
 from pdp.policy import Decision, Effect, PolicyEngine, Request
+from pdp.policy.shadow import ShadowEvaluator
 from pdp.security.identity import Peer
 from pdp.security.tokens import TokenVerifier
 from pdp.server.access import EXPLAIN_ACTION, CallerGate, peer_ip
@@ -135,7 +136,7 @@ class AuthorizationService:
         clock: Clock,
         max_batch: int,
         fail_open_audit: bool = False,
-        shadow: Callable[[Request, Decision, float], None] | None = None,
+        shadow: ShadowEvaluator | None = None,
     ) -> None:
         self._engine = engine
         self._gate = gate
@@ -237,7 +238,8 @@ class AuthorizationService:
         # One hand-over to the audit trail for the whole batch: all or none.
         event = self._event
         recorded = self._record([event(d, call) for d in done])
-        if recorded and self.shadow is None and not self._metering:
+        shadow = self.shadow
+        if recorded and (shadow is None or shadow.policy is None) and not self._metering:
             # nothing to change, compare or count: the answers as decided
             return (encode_batch([encode_response(d.decision, d.decision_id) for d in done]),
                     len(done))
@@ -394,10 +396,10 @@ class AuthorizationService:
         decision = done.decision
         if not recorded:
             decision = Decision(Effect.DENY, "", "audit unavailable", decision.bundle_version)
-        elif (self.shadow is not None and done.evaluated
+        elif (self.shadow is not None and self.shadow.policy is not None and done.evaluated
               and decision.reason not in _NOT_EVALUATED):
             # Only real evaluations are compared; a quarantine is not the policy's answer.
-            self.shadow(done.request, decision, call.now)
+            self.shadow.submit(done.request, decision, call.now)
         if self._metering:
             self._telemetry.record_decision(
                 "allow" if decision.effect is Effect.ALLOW else "deny",

@@ -218,6 +218,26 @@ def test_no_bundle_outlives_its_push_yet_list_status_shadow_explain_and_rollback
         "read-docs")
 
 
+def test_batch_decisions_are_shadow_evaluated_only_while_a_shadow_is_set(
+    harness: Harness,
+) -> None:
+    admin = harness.admin()
+    first = harness.server.engine.policy.version
+    harness.push(TEST_BUNDLE.replace('revision: "1"', 'revision: "2"')
+                 .replace("read-docs", "read-any"))
+    stub = harness.authz()
+    batch = authorization_pb2.AuthorizeBatchRequest(requests=[
+        authorize_request("alice", "read", f"d{i}") for i in range(3)])
+    stub.AuthorizeBatch(batch, timeout=5)  # no shadow yet: nothing compared
+    admin.SetShadow(admin_pb2.SetShadowRequest(version=first), timeout=5)
+    stub.AuthorizeBatch(batch, timeout=5)
+    assert harness.server.shadow.flush(5)
+    report = admin.GetStatus(admin_pb2.GetStatusRequest(), timeout=5).shadow
+    assert (report.evaluated, report.agreed) == (3, 0)
+    assert [(d.active_rule_id, d.shadow_rule_id, d.count) for d in report.top_differences] == [
+        ("read-any", "read-docs", 3)]
+
+
 def test_read_your_writes_refuses_an_older_bundle(harness: Harness) -> None:
     sequence = harness.server.engine.policy.sequence
     stub = harness.authz()
