@@ -53,13 +53,15 @@ def new_event_id() -> str:
     return uuid.uuid4().hex
 
 
-@dataclass(slots=True, kw_only=True)
+@dataclass(slots=True)
 class Event:
     """One security-relevant happening. ``details`` never holds a secret or a token.
 
     Treat it as immutable once emitted: sinks on other threads read it. It is not a frozen
     dataclass only because one is built per decision, and a frozen one costs three times as
-    much to build (every field set through object.__setattr__).
+    much to build (every field set through object.__setattr__). Build it with keywords;
+    only the decision path passes its fields by position (0.28 against 0.77 µs: keyword
+    binding is a third of what a decision event costs).
     """
 
     type: EventType

@@ -358,15 +358,14 @@ class AuthorizationService:
         """The audit event of one decision."""
         req, decision = done.request, done.decision
         subject, resource = req.subject, req.resource
-        return Event(
-            type=EventType.DECISION, time=call.now, event_id=done.decision_id,
-            severity=Severity.INFO, actor=call.peer.identity, peer=call.address,
-            outcome="allow" if decision.effect is Effect.ALLOW else "deny",
-            details=DecisionDetails((  # in DECISION_KEYS order
+        return Event(  # by position (see Event): type, time, severity, actor, peer, outcome,
+            EventType.DECISION, call.now, Severity.INFO, call.peer.identity, call.address,
+            "allow" if decision.effect is Effect.ALLOW else "deny",
+            DecisionDetails((  # details, in DECISION_KEYS order
                 subject.id, subject.type, req.action.name, resource.type, resource.id,
                 decision.rule_id, decision.bundle_version, decision.reason, decision.cached,
                 done.decision_id)),
-        )
+            done.decision_id)  # event_id
 
     def _record(self, events: list[Event]) -> bool:
         """Queue the decisions' audit events (all or none); False when the trail refused

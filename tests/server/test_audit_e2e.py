@@ -42,6 +42,22 @@ def test_decisions_and_admin_acts_leave_a_verifiable_chain(harness: Harness) -> 
     assert report.records == len(_records(audit_dir))
 
 
+def test_a_decision_record_holds_every_field_of_the_call(harness: Harness) -> None:
+    answer = harness.authz().Authorize(authorize_request("alice", "delete", "d7"), timeout=5)
+    harness.close()  # flushes the queue
+    audit_dir = harness.server.config.audit_config.dir
+    [record] = [json.loads(line) for line in _records(audit_dir)
+                if answer.decision_id in line]
+    assert (record["type"], record["severity"], record["outcome"]) == ("decision", "info", "deny")
+    assert record["actor"] == "spiffe://pdp.test/svc/search"
+    assert record["peer"].startswith("ipv4:127.0.0.1:")
+    assert record["event_id"] == answer.decision_id
+    assert record["details"] == {
+        "subject": "alice", "subject_type": "user", "action": "delete", "resource_type": "doc",
+        "resource_id": "d7", "rule_id": answer.rule_id, "bundle_version": answer.bundle_version,
+        "reason": answer.reason, "cached": False, "decision_id": answer.decision_id}
+
+
 def test_a_batch_is_one_record_holding_each_of_its_decisions(harness: Harness) -> None:
     stub = harness.authz()
     batch = stub.AuthorizeBatch(authorization_pb2.AuthorizeBatchRequest(requests=[
