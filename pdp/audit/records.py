@@ -154,11 +154,8 @@ def format_record(event: EventView, *, seq: int, prev: str) -> tuple[bytes, str]
     moment = event.time
     if type(moment) is not float or not 0.0 <= moment < _FAST_TIME_LIMIT or type(seq) is not int:
         return _format_event(event, seq, prev)
-    if cached is True:
-        cached_text = "true"
-    elif cached is False:
-        cached_text = "false"
-    else:
+    cached_text = _json_bool(cached)
+    if cached_text is None:
         return _format_event(event, seq, prev)
     # Most of a record repeats from one decision to the next (caller, action, bundle, rule,
     # subject...): its JSON is built once per such shape and kept. Only the ids, the chain
@@ -192,6 +189,15 @@ def format_record(event: EventView, *, seq: int, prev: str) -> tuple[bytes, str]
     core = f'{head}{stamp}","type":"decision"'
     digest = _sha256((core + "}").encode()).hexdigest()
     return f'{core},"hash":"{digest}"}}\n'.encode(), digest
+
+
+def _json_bool(value: object) -> str | None:
+    """``value`` as JSON when it is a bool (by identity: 1 and 0 are not), else None."""
+    if value is True:
+        return "true"
+    if value is False:
+        return "false"
+    return None
 
 
 def _stamp(moment: float) -> str:
@@ -268,11 +274,8 @@ def _format_batch(batch: DecisionBatch, seq: int, prev: str) -> tuple[bytes, str
                 return _format_event(batch, seq, prev)
             (action, version, cached, decision_id, reason, resource_id, resource_type, rule_id,
              subject, subject_type) = _row_values(row)
-            if cached is True:
-                cached_text = "true"
-            elif cached is False:
-                cached_text = "false"
-            else:
+            cached_text = _json_bool(cached)
+            if cached_text is None:
                 return _format_event(batch, seq, prev)
             # As for single records, the JSON of what repeats is built once per shape.
             shape = (action, version, cached_text, event.outcome, reason, resource_type,
