@@ -13,6 +13,11 @@ FROM python:3.11-slim-bookworm AS builder
 ENV PIP_NO_CACHE_DIR=1 \
     PIP_DISABLE_PIP_VERSION_CHECK=1
 WORKDIR /src
+# A C compiler for the request decoder (pdp/server/_wire.c), in this stage only.
+# hadolint ignore=DL3008
+RUN apt-get update \
+    && apt-get install -y --no-install-recommends gcc libc6-dev \
+    && rm -rf /var/lib/apt/lists/*
 COPY clients/python/pyproject.toml clients/python/README.md clients/python/
 COPY clients/python/pdp_client clients/python/pdp_client
 COPY pyproject.toml README.md ./

@@ -14,7 +14,7 @@ import operator
 import os
 import time
 from collections.abc import Sequence
-from typing import Any, NamedTuple
+from typing import TYPE_CHECKING, Any, NamedTuple
 
 import grpc
 from google.protobuf.message import DecodeError
@@ -33,11 +33,14 @@ from pdp.policy import Decision, Effect, PolicyEngine, Request
 from pdp.policy.shadow import ShadowEvaluator
 from pdp.security.identity import Peer
 from pdp.security.tokens import TokenVerifier
+from pdp.server._wire import decode_batch, decode_request
 from pdp.server.access import EXPLAIN_ACTION, CallerGate, peer_ip
 from pdp.server.convert import (
     Defaults,
     convert_defaults,
     decision_to_pb,
+    decoded_defaults,
+    decoded_request,
     encode_batch,
     encode_response,
     service_token_of,
@@ -47,6 +50,9 @@ from pdp.server.hub import EventHub
 from pdp.server.status import abort_with
 from pdp.telemetry import Telemetry
 from pdp_client._proto import authorization_pb2 as pb
+
+if TYPE_CHECKING:
+    from pdp.server._wire import Decoded
 
 __all__ = ["AuthorizationService", "add_to_server"]
 
@@ -206,7 +212,15 @@ class AuthorizationService:
             if known.min_sequence:
                 self._check_fresh(known.min_sequence)
             done = self._evaluate_known(known.requests[0], call)
-        else:
+        elif (decoded := decode_request(raw)) is not None and not (decoded[4] or decoded[5]):
+            # The usual request (no service token, no explain), read by the C decoder.
+            minimum = decoded[6]
+            if minimum:
+                self._check_fresh(minimum)
+            done = self._evaluate_known(decoded_request(decoded, None, peer_ip=call.ip), call)
+            if done.decision.cached and len(raw) <= KNOWN_MAX_BYTES:
+                self._remember(raw, _Known(call.ip, (done.request,), minimum))
+        else:  # a token or explain to handle, or bytes the C decoder leaves to protobuf
             try:
                 item = pb.AuthorizeRequest.FromString(raw)
             except DecodeError as exc:
@@ -249,6 +263,10 @@ class AuthorizationService:
 
     def _evaluate_batch(self, raw: bytes, call: _Call) -> list[_Done]:
         """Parse a batch that is not known, check it and evaluate its items."""
+        decoded = decode_batch(raw)
+        if decoded is not None and not (
+                (decoded[0] is not None and decoded[0][4]) or any(i[4] for i in decoded[1])):
+            return self._evaluate_decoded(raw, decoded, call)  # no service token: the usual
         try:
             request = pb.AuthorizeBatchRequest.FromString(raw)
         except DecodeError as exc:
@@ -267,6 +285,35 @@ class AuthorizationService:
                 and all(d.decision.cached for d in done)
                 and not (defaults is not None and defaults.service_token)
                 and not any(item.service_token for item in items)):
+            self._remember(raw, _Known(call.ip, tuple(d.request for d in done), minimum))
+        return done
+
+    def _evaluate_decoded(self, raw: bytes, decoded: tuple[Decoded | None, list[Decoded]],
+                          call: _Call) -> list[_Done]:
+        """:meth:`_evaluate_batch` for a batch without service tokens, read by the C decoder:
+        the same checks in the same order, the same errors."""
+        head, items = decoded
+        count = len(items)
+        if count > self._max_batch:
+            raise RequestTooLargeError(f"{count} requests; at most {self._max_batch} per batch",
+                                       field="requests")
+        defaults = decoded_defaults(head) if head is not None else None
+        minimum = max(max((item[6] for item in items), default=0),
+                      defaults.min_bundle_sequence if defaults is not None else 0)
+        self._check_fresh(minimum)
+        decide, now, ip = self._engine.decide, call.now, call.ip
+        prefix, ids, metering = self._id_prefix, self._ids, self._metering
+        done = []
+        for i, item in enumerate(items):
+            started = time.perf_counter() if metering else 0.0
+            try:
+                req = decoded_request(item, defaults, peer_ip=ip)
+            except RequestError as exc:
+                raise RequestError(exc.message, field=f"requests[{i}].{exc.field}") from None
+            done.append(_Done(req, decide(req, now=now), f"{prefix}-{next(ids)}", (), True,
+                              started))
+        if (0 < count <= KNOWN_MAX_ITEMS and len(raw) <= KNOWN_MAX_BYTES
+                and all(d.decision.cached for d in done)):
             self._remember(raw, _Known(call.ip, tuple(d.request for d in done), minimum))
         return done
 

@@ -7,7 +7,7 @@ checked as they are converted; a fault is a RequestError naming the field.
 from __future__ import annotations
 
 from collections.abc import Mapping
-from typing import Any, NamedTuple
+from typing import TYPE_CHECKING, Any, NamedTuple
 
 from google.protobuf import struct_pb2
 
@@ -15,11 +15,16 @@ from pdp.errors import RequestError
 from pdp.policy import Action, Decision, Effect, Request, Resource, Subject
 from pdp_client._proto import authorization_pb2 as pb
 
+if TYPE_CHECKING:
+    from pdp.server._wire import Decoded
+
 __all__ = [
     "EMPTY",
     "Defaults",
     "convert_defaults",
     "decision_to_pb",
+    "decoded_defaults",
+    "decoded_request",
     "encode_batch",
     "encode_response",
     "service_token_of",
@@ -85,35 +90,46 @@ def _checked(value: str, field: str, *, required: bool) -> str:
     return value
 
 
-# The three converters below run for every request: the common case (every field present
-# and short) is one combined test, and an error's field name is only built when there is one.
+# The converters below run for every request: the common case (every field present and
+# short) is one combined test, and an error's field name is only built when there is one.
+# A request reaches them either parsed by protobuf (the ``pb`` messages) or decoded by
+# pdp.server._wire (tuples of plain values); both go through the same checks.
 
-def _subject(subject: pb.Subject, where: str) -> Subject:
-    kind, ident = subject.type, subject.id
+def _subject_of(kind: str, ident: str, props: Mapping[str, Any] | None, where: str) -> Subject:
     if not kind or not ident or len(kind) > MAX_ID_LENGTH or len(ident) > MAX_ID_LENGTH:
         _checked(kind, f"{where}subject.type", required=True)
         _checked(ident, f"{where}subject.id", required=True)
-    return Subject(kind, ident,
-                   struct_to_dict(subject.properties) if subject.HasField("properties")
-                   else EMPTY)
+    return Subject(kind, ident, EMPTY if props is None else props)
 
 
-def _action(action: pb.Action, where: str) -> Action:
-    name = action.name
+def _action_of(name: str, props: Mapping[str, Any] | None, where: str) -> Action:
     if not name or len(name) > MAX_ID_LENGTH:
         _checked(name, f"{where}action.name", required=True)
-    return Action(name,
-                  struct_to_dict(action.properties) if action.HasField("properties") else EMPTY)
+    return Action(name, EMPTY if props is None else props)
 
 
-def _resource(resource: pb.Resource, where: str) -> Resource:
-    kind, ident = resource.type, resource.id
+def _resource_of(kind: str, ident: str, props: Mapping[str, Any] | None, where: str) -> Resource:
     if not kind or len(kind) > MAX_ID_LENGTH or len(ident) > MAX_ID_LENGTH:
         _checked(kind, f"{where}resource.type", required=True)
         _checked(ident, f"{where}resource.id", required=False)
-    return Resource(kind, ident,
-                    struct_to_dict(resource.properties) if resource.HasField("properties")
-                    else EMPTY)
+    return Resource(kind, ident, EMPTY if props is None else props)
+
+
+def _subject(subject: pb.Subject, where: str) -> Subject:
+    return _subject_of(subject.type, subject.id,
+                       struct_to_dict(subject.properties) if subject.HasField("properties")
+                       else None, where)
+
+
+def _action(action: pb.Action, where: str) -> Action:
+    return _action_of(action.name, struct_to_dict(action.properties)
+                      if action.HasField("properties") else None, where)
+
+
+def _resource(resource: pb.Resource, where: str) -> Resource:
+    return _resource_of(resource.type, resource.id,
+                        struct_to_dict(resource.properties) if resource.HasField("properties")
+                        else None, where)
 
 
 def service_token_of(item: pb.AuthorizeRequest, defaults: Defaults | None) -> str:
@@ -134,7 +150,7 @@ def to_policy_request(
     the verified ``sub`` of a service token: it replaces the request's subject entirely
     (type "service", no properties), never merges with it.
     """
-    if defaults is None:  # Authorize, and batch items without defaults: the hot path
+    if defaults is None:  # Authorize, and batch items without defaults
         return Request(
             Subject("service", token_subject, EMPTY) if token_subject is not None
             else _subject(item.subject, ""),
@@ -163,6 +179,49 @@ def to_policy_request(
     else:
         ctx = EMPTY
     return Request(subj, act, res, ctx, peer_ip)
+
+
+# --- requests decoded by pdp.server._wire ----------------------------------------------------
+# The same requests as above, from the C decoder's tuples (see _wire.pyi) instead of protobuf
+# messages: a field left unset is None where the message's HasField would be False. Only
+# requests without a service token are taken this way (the caller checks), so there is no
+# token subject here.
+
+_NO_ENTITY = ("", "", None)  # an unset Subject or Resource: its checks name what is missing
+
+
+def decoded_defaults(decoded: Decoded) -> Defaults:
+    """:func:`convert_defaults` for a decoded ``defaults``."""
+    where = "defaults."
+    subject, action, resource, context, token, _, sequence = decoded
+    return Defaults(
+        _subject_of(*subject, where) if subject is not None else None,
+        _action_of(*action, where) if action is not None else None,
+        _resource_of(*resource, where) if resource is not None else None,
+        context, token, sequence)
+
+
+def decoded_request(decoded: Decoded, defaults: Defaults | None, *,
+                    peer_ip: str | None) -> Request:
+    """:func:`to_policy_request` for a decoded request without a service token."""
+    subject, action, resource, context = decoded[0], decoded[1], decoded[2], decoded[3]
+    if defaults is None:  # Authorize, and batch items without defaults: the hot path
+        return Request(
+            _subject_of(*(subject or _NO_ENTITY), ""),
+            _action_of(*(action or _NO_ENTITY[1:]), ""),
+            _resource_of(*(resource or _NO_ENTITY), ""),
+            EMPTY if context is None else context,
+            peer_ip)
+    return Request(
+        defaults.subject if subject is None and defaults.subject is not None
+        else _subject_of(*(subject or _NO_ENTITY), ""),
+        defaults.action if action is None and defaults.action is not None
+        else _action_of(*(action or _NO_ENTITY[1:]), ""),
+        defaults.resource if resource is None and defaults.resource is not None
+        else _resource_of(*(resource or _NO_ENTITY), ""),
+        context if context is not None
+        else defaults.context if defaults.context is not None else EMPTY,
+        peer_ip)
 
 
 _ALLOW = pb.DECISION_ALLOW

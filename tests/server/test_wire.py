@@ -1,0 +1,350 @@
+"""The C request decoder (pdp/server/_wire.c) against protobuf, the reference.
+
+For every input the decoder either answers None (protobuf then parses the bytes, as it did
+before the decoder existed) or its answer converts into exactly the Request protobuf's
+parse converts into, with the same token, explain flag and bundle sequence, or fails with
+the same RequestError. It never accepts bytes protobuf refuses. Held on generated requests
+and batches, on random mutations of their bytes, and on the shapes it leaves to protobuf.
+"""
+
+from __future__ import annotations
+
+import math
+import random
+import struct
+from typing import Any, NamedTuple
+
+import grpc
+import pytest
+from google.protobuf.message import DecodeError
+from hypothesis import HealthCheck, given, settings
+from hypothesis import strategies as st
+
+from pdp.errors import RequestError
+from pdp.server._wire import decode_batch, decode_request
+from pdp.server.convert import (
+    convert_defaults,
+    decoded_defaults,
+    decoded_request,
+    to_policy_request,
+)
+from pdp_client._proto import authorization_pb2 as pb
+from tests.server.conftest import Harness, authorize_request
+
+IP = "10.1.2.3"
+
+# --- generated requests ----------------------------------------------------------------------
+
+_texts = st.one_of(st.sampled_from(["", "user", "alice", "doc", "read", "é", "x" * 200]),
+                   st.text(max_size=40), st.text(min_size=120, max_size=300))
+_leaf = st.one_of(st.none(), st.booleans(), st.text(max_size=20),
+                  st.floats(allow_nan=False), st.integers(-2**53, 2**53).map(float))
+_values = st.recursive(
+    _leaf,
+    lambda inner: st.one_of(st.lists(inner, max_size=4),
+                            st.dictionaries(st.text(max_size=10), inner, max_size=4)),
+    max_leaves=12)
+_structs = st.dictionaries(st.text(max_size=12), _values, max_size=5)
+
+
+@st.composite
+def requests(draw: Any) -> pb.AuthorizeRequest:
+    """Any AuthorizeRequest: every field set or not, texts of any length and script."""
+    message = pb.AuthorizeRequest()
+    if draw(st.booleans()):
+        message.subject.type, message.subject.id = draw(_texts), draw(_texts)
+        message.subject.SetInParent()
+        if draw(st.booleans()):
+            message.subject.properties.update(draw(_structs))
+    if draw(st.booleans()):
+        message.action.name = draw(_texts)
+        message.action.SetInParent()
+        if draw(st.booleans()):
+            message.action.properties.update(draw(_structs))
+    if draw(st.booleans()):
+        message.resource.type, message.resource.id = draw(_texts), draw(_texts)
+        message.resource.SetInParent()
+        if draw(st.booleans()):
+            message.resource.properties.update(draw(_structs))
+    if draw(st.booleans()):
+        message.context.update(draw(_structs))
+        message.context.SetInParent()
+    message.service_token = draw(st.sampled_from(["", "", "eyJhbGciOi.x.y"]))
+    message.explain = draw(st.booleans())
+    message.min_bundle_sequence = draw(st.sampled_from([0, 1, 127, 128, 2**63, 2**64 - 1]))
+    return message
+
+
+class Refused(NamedTuple):
+    """A conversion's RequestError."""
+
+    message: str
+    field: str
+
+
+def _converted(convert: Any) -> Any:
+    """What a conversion gives: its Request (or Defaults), or Refused."""
+    try:
+        return convert()
+    except RequestError as exc:
+        return Refused(exc.message, exc.field or "")
+
+
+def assert_same_request(data: bytes) -> None:
+    """The decoder's reading of ``data`` is protobuf's, or the decoder leaves it to protobuf
+    (and never takes bytes protobuf refuses)."""
+    decoded = decode_request(data)
+    try:
+        message = pb.AuthorizeRequest.FromString(data)
+    except DecodeError:
+        assert decoded is None, f"decoded bytes protobuf refuses: {data!r}"
+        return
+    if decoded is None:
+        return
+    assert decoded[4:] == (message.service_token, message.explain,
+                           message.min_bundle_sequence)
+    assert (_converted(lambda: decoded_request(decoded, None, peer_ip=IP))
+            == _converted(lambda: to_policy_request(message, None, peer_ip=IP)))
+
+
+def assert_same_batch(data: bytes) -> None:
+    """As assert_same_request, for an AuthorizeBatchRequest: defaults and every item."""
+    decoded = decode_batch(data)
+    try:
+        message = pb.AuthorizeBatchRequest.FromString(data)
+    except DecodeError:
+        assert decoded is None, f"decoded bytes protobuf refuses: {data!r}"
+        return
+    if decoded is None:
+        return
+    head, items = decoded
+    assert (head is None) is not message.HasField("defaults")
+    defaults = None
+    if head is not None:
+        defaults = _converted(lambda: decoded_defaults(head))
+        assert defaults == _converted(lambda: convert_defaults(message.defaults))
+        if type(defaults) is Refused:  # both refused the defaults alike
+            return
+    assert len(items) == len(message.requests)
+    for item, reference in zip(items, message.requests, strict=True):
+        assert item[4:] == (reference.service_token, reference.explain,
+                            reference.min_bundle_sequence)
+        assert (_converted(lambda i=item: decoded_request(i, defaults, peer_ip=IP))
+                == _converted(lambda r=reference: to_policy_request(r, defaults, peer_ip=IP)))
+
+
+@settings(max_examples=400, suppress_health_check=[HealthCheck.too_slow])
+@given(requests())
+def test_a_generated_request_decodes_to_what_protobuf_reads(message: pb.AuthorizeRequest) -> None:
+    data = message.SerializeToString()
+    assert decode_request(data) is not None  # a well-formed request is never left over
+    assert_same_request(data)
+
+
+@settings(max_examples=200, suppress_health_check=[HealthCheck.too_slow])
+@given(st.one_of(st.none(), requests()), st.lists(requests(), max_size=5))
+def test_a_generated_batch_decodes_to_what_protobuf_reads(
+        defaults: pb.AuthorizeRequest | None, items: list[pb.AuthorizeRequest]) -> None:
+    batch = pb.AuthorizeBatchRequest(requests=items)
+    if defaults is not None:
+        batch.defaults.CopyFrom(defaults)
+    data = batch.SerializeToString()
+    assert decode_batch(data) is not None
+    assert_same_batch(data)
+
+
+def _mutations(data: bytes, rng: random.Random) -> bytes:
+    """``data`` with one to three random byte flips, insertions, deletions or a cut."""
+    out = bytearray(data)
+    for _ in range(rng.randint(1, 3)):
+        kind = rng.randrange(4)
+        at = rng.randrange(len(out) + 1)
+        if kind == 0 and out and at < len(out):
+            out[at] ^= 1 << rng.randrange(8)
+        elif kind == 1:
+            out[at:at] = bytes([rng.randrange(256)])
+        elif kind == 2 and at < len(out):
+            del out[at]
+        else:
+            del out[at:]
+    return bytes(out)
+
+
+def test_random_mutations_of_real_requests_are_read_as_protobuf_reads_them() -> None:
+    rng = random.Random(20261128)  # fixed: a failure names its input and reproduces
+    single = authorize_request("alice", "read", "doc-1", resource_props={
+        "owner": "alice", "size": 3.5, "tags": ["a", "é"], "meta": {"ok": True, "n": None}})
+    single.context.update({"source": {"ip": "10.0.0.1"}})
+    single.min_bundle_sequence = 300
+    batch = pb.AuthorizeBatchRequest()
+    batch.defaults.subject.type, batch.defaults.subject.id = "user", "bob"
+    batch.defaults.action.name = "write"
+    for i in range(3):
+        item = batch.requests.add()
+        item.resource.type, item.resource.id = "doc", f"d{i}"
+        item.resource.properties.update({"owner": "bob", "level": i})
+    one, many = single.SerializeToString(), batch.SerializeToString()
+    decoded = 0
+    for _ in range(4000):
+        mutated = _mutations(one, rng)
+        assert_same_request(mutated)
+        assert_same_batch(mutated)
+        mutated = _mutations(many, rng)
+        assert_same_batch(mutated)
+        decoded += decode_batch(mutated) is not None
+    assert decoded > 100  # the mutations did reach the decoder's own reading, not only None
+
+
+@settings(max_examples=300)
+@given(st.binary(max_size=64))
+def test_arbitrary_bytes_are_read_as_protobuf_reads_them(data: bytes) -> None:
+    assert_same_request(data)
+    assert_same_batch(data)
+
+
+# --- what the decoder leaves to protobuf ------------------------------------------------------
+
+def _request_bytes() -> bytes:
+    return authorize_request("alice", "read", "doc-1", resource_props={"owner": "alice"}) \
+        .SerializeToString()
+
+
+@pytest.mark.parametrize(("what", "data"), [
+    ("an unknown field", _request_bytes() + b"\x78\x01"),  # field 15, varint
+    ("a field given twice", _request_bytes() + b"\x12\x06\x0a\x04read"),
+    ("a known field with another wire type", b"\x08\x01" + _request_bytes()),
+    ("properties given twice (protobuf merges them)",
+     b"\x1a\x1f\x0a\x03doc\x1a\x0b\x0a\x09\x0a\x01a\x12\x04\x1a\x02v1"
+     b"\x1a\x0b\x0a\x09\x0a\x01b\x12\x04\x1a\x02v2"),
+    ("a 10-byte varint past 64 bits (protobuf drops the excess)",
+     b"\x38" + b"\xff" * 9 + b"\x7f"),
+    ("a Value with two kinds", b"\x1a\x12\x0a\x03doc\x1a\x0b\x0a\x09\x0a\x01k\x12\x04\x20\x01"
+                               b"\x20\x00"),
+])
+def test_unusual_but_valid_shapes_are_left_to_protobuf(what: str, data: bytes) -> None:
+    pb.AuthorizeRequest.FromString(data)  # valid protobuf
+    assert decode_request(data) is None, what
+    assert_same_request(data)
+
+
+@pytest.mark.parametrize(("what", "data"), [
+    ("field number 0", b"\x02\x00"),
+    ("not UTF-8", b"\x0a\x07\x0a\x05\xff\xfe\xfd\xfc\xfb"),
+    ("an encoded surrogate", b"\x0a\x05\x0a\x03\xed\xa0\x80"),
+    ("an overlong encoding", b"\x0a\x04\x0a\x02\xc0\xaf"),
+    ("a length past the end", b"\x0a\x64\x01\x02"),
+    ("a varint of 11 bytes", b"\x38" + b"\xff" * 10 + b"\x01"),
+    ("a double cut short", b"\x22\x0c\x0a\x0a\x0a\x01n\x12\x05\x11\x00\x00\x00\x00"),
+])
+def test_bytes_protobuf_refuses_are_not_decoded(what: str, data: bytes) -> None:
+    with pytest.raises(DecodeError):
+        pb.AuthorizeRequest.FromString(data)
+    assert decode_request(data) is None, what
+    assert decode_batch(data) is None, what
+
+
+def test_a_struct_key_given_twice_keeps_its_last_value_as_protobuf_does() -> None:
+    entry = b"\x0a\x0a\x0a\x01k\x12\x05\x1a\x03%s"  # Struct entry "k": string value
+    props = entry % b"one" + entry % b"two"
+    resource = b"\x0a\x03doc\x1a" + bytes([len(props)]) + props
+    data = b"\x0a\x0b\x0a\x04user\x12\x03bob\x12\x06\x0a\x04read\x1a" + \
+        bytes([len(resource)]) + resource
+    decoded = decode_request(data)
+    assert decoded is not None and decoded[2] == ("doc", "", {"k": "two"})
+    assert_same_request(data)
+
+
+def test_structs_nested_past_the_limit_are_left_to_protobuf() -> None:
+    def nested(depth: int) -> dict[str, Any]:
+        value: dict[str, Any] = {"leaf": 1.0}
+        for _ in range(depth - 1):
+            value = {"k": value}
+        return value
+
+    shallow = authorize_request("alice", "read", "doc-1", resource_props=nested(16))
+    deep = authorize_request("alice", "read", "doc-1", resource_props=nested(17))
+    assert decode_request(shallow.SerializeToString()) is not None
+    assert decode_request(deep.SerializeToString()) is None
+    assert_same_request(deep.SerializeToString())
+
+
+def test_numbers_are_read_bit_for_bit() -> None:
+    message = authorize_request("alice", "read", "doc-1")
+    for number in (0.0, -0.0, 1e-310, 2.0**53 + 1, -math.inf, math.inf):
+        message.resource.properties.Clear()
+        message.resource.properties["n"] = number
+        decoded = decode_request(message.SerializeToString())
+        assert decoded is not None and decoded[2] is not None
+        props = decoded[2][2]
+        assert props is not None
+        assert struct.pack("<d", props["n"]) == struct.pack("<d", number)
+    message.resource.properties["n"] = math.nan
+    decoded = decode_request(message.SerializeToString())
+    assert decoded is not None and decoded[2] is not None and decoded[2][2] is not None
+    assert math.isnan(decoded[2][2]["n"])
+
+
+def test_any_nonzero_varint_is_true_as_in_protobuf() -> None:
+    for data in (b"\x30\x02", b"\x30" + b"\x80" * 9 + b"\x01"):
+        decoded = decode_request(data)
+        assert decoded is not None and decoded[5] is True
+        assert_same_request(data)
+    value = b"\x0a\x07\x0a\x01k\x12\x02\x20\x02"  # Struct entry "k": bool_value 2
+    data = b"\x22" + bytes([len(value)]) + value
+    decoded = decode_request(data)
+    assert decoded is not None and decoded[3] == {"k": True}
+    assert_same_request(data)
+
+
+def test_an_absent_part_and_an_empty_one_are_told_apart() -> None:
+    message = pb.AuthorizeRequest()
+    message.resource.SetInParent()  # present, every field empty
+    decoded = decode_request(message.SerializeToString())
+    assert decoded is not None
+    assert decoded[:4] == (None, None, ("", "", None), None)
+    message.resource.properties.SetInParent()
+    decoded = decode_request(message.SerializeToString())
+    assert decoded is not None and decoded[2] == ("", "", {})
+
+
+# --- through the server -----------------------------------------------------------------------
+
+def _raw_call(harness: Harness, method: str, data: bytes) -> bytes:
+    channel = harness.channel(harness.pki.service)
+    answer: bytes = channel.unary_unary(method)(data, timeout=5)
+    return answer
+
+
+def test_the_server_answers_requests_the_decoder_leaves_to_protobuf(harness: Harness) -> None:
+    allowed = authorize_request("alice", "write", "doc-1", resource_props={"owner": "alice"})
+    for data in (allowed.SerializeToString(),  # the decoder's own
+                 allowed.SerializeToString() + b"\x78\x01"):  # an unknown field: protobuf's
+        answer = pb.AuthorizeResponse.FromString(
+            _raw_call(harness, "/pdp.v1.Authorization/Authorize", data))
+        assert (answer.decision, answer.rule_id) == (pb.DECISION_ALLOW, "owner-write")
+    batch = pb.AuthorizeBatchRequest()
+    batch.defaults.subject.type, batch.defaults.subject.id = "user", "alice"
+    batch.defaults.action.name = "write"
+    item = batch.requests.add()
+    item.resource.type, item.resource.id = "doc", "doc-2"
+    item.resource.properties.update({"owner": "alice"})
+    for data in (batch.SerializeToString(), batch.SerializeToString() + b"\x18\x01"):
+        answers = pb.AuthorizeBatchResponse.FromString(
+            _raw_call(harness, "/pdp.v1.Authorization/AuthorizeBatch", data))
+        assert [a.rule_id for a in answers.responses] == ["owner-write"]
+
+
+def test_the_server_names_the_bad_field_of_a_decoded_batch_item(harness: Harness) -> None:
+    batch = pb.AuthorizeBatchRequest()
+    batch.defaults.subject.type, batch.defaults.subject.id = "user", "alice"
+    for rid in ("a", "b"):
+        item = batch.requests.add()
+        item.action.name = "read"
+        item.resource.type, item.resource.id = "doc", rid
+    batch.requests[1].action.name = ""
+    data = batch.SerializeToString()
+    assert decode_batch(data) is not None  # this error comes from the decoder's path
+    with pytest.raises(grpc.RpcError) as err:
+        _raw_call(harness, "/pdp.v1.Authorization/AuthorizeBatch", data)
+    assert err.value.code() is grpc.StatusCode.INVALID_ARGUMENT
+    assert "requests[1].action.name" in (err.value.details() or "")
