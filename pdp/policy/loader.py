@@ -19,6 +19,7 @@ import yaml
 
 from pdp.errors import BundleError, BundleTooLargeError
 from pdp.policy import conditions
+from pdp.policy._json import pairs_to_dict as _json_pairs  # refuses a repeated key
 from pdp.policy.model import Bundle, Effect, Limits, ResourceMatch, Rule, SubjectMatch
 from pdp.policy.patterns import glob_error, pause_gc
 
@@ -125,17 +126,6 @@ def _rule(
     _set_when(rule, when)
     _set_text(rule, description)
     return rule
-
-
-def _json_pairs(pairs: list[tuple[str, Any]]) -> dict[str, Any]:
-    out = dict(pairs)  # built in C; only a mapping that lost a key needs the loop below
-    if len(out) != len(pairs):
-        seen: set[str] = set()
-        for key, _ in pairs:
-            if key in seen:
-                raise ValueError(f"duplicate key {key!r}")
-            seen.add(key)
-    return out
 
 
 def _json_constant(name: str) -> NoReturn:

@@ -10,6 +10,7 @@ import yaml
 
 from pdp.errors import BundleError, BundleTooLargeError
 from pdp.policy import Limits, load_bundle, load_bundle_file
+from pdp.policy._json import pairs_to_dict
 
 EXAMPLE = Path(__file__).resolve().parents[2] / "examples" / "bundle.yaml"
 
@@ -203,6 +204,24 @@ def test_yaml_merge_keys_and_duplicate_keys_are_refused() -> None:
         )
     with pytest.raises(BundleError, match="duplicate key"):
         load_bundle('{"metadata": {"name": "x", "name": "y", "revision": "1"}, "rules": []}')
+
+
+def test_the_json_pairs_hook_keeps_order_and_refuses_a_repeated_key() -> None:
+    assert list(pairs_to_dict([("b", 1), ("a", [2]), ("c", None)]).items()) == [
+        ("b", 1), ("a", [2]), ("c", None)]
+    assert pairs_to_dict([]) == {}
+    with pytest.raises(ValueError, match=r"^duplicate key 'a'$"):
+        pairs_to_dict([("a", 1), ("b", 2), ("a", 1)])
+    with pytest.raises(TypeError):
+        pairs_to_dict((("a", 1),))  # type: ignore[arg-type]
+    with pytest.raises(TypeError):
+        pairs_to_dict([("a", 1, 2)])  # type: ignore[list-item]
+    # A deep, wide JSON document: every mapping of it goes through the hook.
+    text = json.dumps({"metadata": {"name": "x", "revision": "1"}, "rules": [
+        {"id": f"r{i}", "effect": "allow", "actions": ["read"],
+         "resources": {"type": "doc"}, "when": {"attr": "subject.id", "eq": f"u{i}"}}
+        for i in range(50)]})
+    assert len(load_bundle(text).rules) == 50
 
 
 def test_json_nan_and_deep_nesting_are_bundle_errors() -> None:
