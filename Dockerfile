@@ -20,7 +20,7 @@ RUN apt-get update \
     && rm -rf /var/lib/apt/lists/*
 COPY clients/python/pyproject.toml clients/python/README.md clients/python/
 COPY clients/python/pdp_client clients/python/pdp_client
-COPY pyproject.toml README.md ./
+COPY pyproject.toml setup.py README.md ./
 COPY pdp pdp
 # The client is named by path on the same command line, so "pdp-client" is resolved to it and
 # never to a same-named package from an index (dependency confusion).

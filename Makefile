@@ -6,7 +6,7 @@ STAMP  := $(VENV)/.installed
 
 .PHONY: run test lint typecheck pytest proto bench bench-quick clean
 
-$(STAMP): pyproject.toml clients/python/pyproject.toml pdp/server/_wire.c pdp/policy/_json.c
+$(STAMP): pyproject.toml setup.py clients/python/pyproject.toml pdp/server/_wire.c pdp/policy/_json.c
 	$(PYTHON) -m venv $(VENV)
 	$(BIN)/python -m pip install --quiet --upgrade pip
 	$(BIN)/python -m pip install --quiet -e ./clients/python -e '.[dev]'
@@ -20,7 +20,7 @@ run: $(STAMP)
 test: lint typecheck pytest
 
 lint: $(STAMP)
-	$(BIN)/ruff check pdp tests benchmarks scripts clients/python examples
+	$(BIN)/ruff check setup.py pdp tests benchmarks scripts clients/python examples
 
 typecheck: $(STAMP)
 	$(BIN)/mypy
