@@ -30,6 +30,7 @@
 #define PY_SSIZE_T_CLEAN
 #include <Python.h>
 #include <stdint.h>
+#include <string.h>
 
 /* Struct nesting (dicts and lists inside a properties or context value). Each level is
  * three protobuf message levels (Struct, map entry, Value); protobuf's own limit is 100
@@ -107,12 +108,15 @@ static PyObject *value_of(Reader *r, int depth) {
             return NULL;
         out = Py_NewRef(Py_None);
         break;
-    case TAG(2, I64): /* number_value */
+    case TAG(2, I64): { /* number_value */
+        char bytes[8];
         if (r->end - r->p < 8)
             return NULL;
-        out = PyFloat_FromDouble(PyFloat_Unpack8((const char *)r->p, 1));
+        memcpy(bytes, r->p, 8); /* a copy here, so a sanitizer build checks this read too */
         r->p += 8;
+        out = PyFloat_FromDouble(PyFloat_Unpack8(bytes, 1));
         break;
+    }
     case TAG(3, LEN): /* string_value */
         out = read_str(r);
         break;
