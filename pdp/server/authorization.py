@@ -211,13 +211,13 @@ class AuthorizationService:
         if known is not None and known.ip == call.ip:
             if known.min_sequence:
                 self._check_fresh(known.min_sequence)
-            done = self._evaluate_known(known.requests[0], call)
+            done = self._evaluate_plain(known.requests[0], call)
         elif (decoded := decode_request(raw)) is not None and not (decoded[4] or decoded[5]):
             # The usual request (no service token, no explain), read by the C decoder.
             minimum = decoded[6]
             if minimum:
                 self._check_fresh(minimum)
-            done = self._evaluate_known(decoded_request(decoded, None, peer_ip=call.ip), call)
+            done = self._evaluate_plain(decoded_request(decoded, None, peer_ip=call.ip), call)
             if done.decision.cached and len(raw) <= KNOWN_MAX_BYTES:
                 self._remember(raw, _Known(call.ip, (done.request,), minimum))
         else:  # a token or explain to handle, or bytes the C decoder leaves to protobuf
@@ -245,7 +245,7 @@ class AuthorizationService:
         if known is not None and known.ip == call.ip:
             if known.min_sequence:
                 self._check_fresh(known.min_sequence)
-            evaluate = self._evaluate_known
+            evaluate = self._evaluate_plain
             done = [evaluate(r, call) for r in known.requests]
         else:
             done = self._evaluate_batch(raw, call)
@@ -272,20 +272,15 @@ class AuthorizationService:
         except DecodeError as exc:
             raise _not_a("AuthorizeBatchRequest", exc) from None
         items = request.requests
-        count = len(items)
-        if count > self._max_batch:
-            raise RequestTooLargeError(f"{count} requests; at most {self._max_batch} per batch",
-                                       field="requests")
+        self._check_size(len(items))
         defaults = convert_defaults(request.defaults) if request.HasField("defaults") else None
         minimum = max(max(map(_MIN_SEQUENCE, items), default=0),
                       defaults.min_bundle_sequence if defaults is not None else 0)
         self._check_fresh(minimum)
         done = self._evaluate_all(items, defaults, call)
-        if (0 < count <= KNOWN_MAX_ITEMS and len(raw) <= KNOWN_MAX_BYTES
-                and all(d.decision.cached for d in done)
-                and not (defaults is not None and defaults.service_token)
-                and not any(item.service_token for item in items)):
-            self._remember(raw, _Known(call.ip, tuple(d.request for d in done), minimum))
+        if not ((defaults is not None and defaults.service_token)
+                or any(item.service_token for item in items)):
+            self._remember_batch(raw, done, call, minimum)
         return done
 
     def _evaluate_decoded(self, raw: bytes, decoded: tuple[Decoded | None, list[Decoded]],
@@ -293,10 +288,7 @@ class AuthorizationService:
         """:meth:`_evaluate_batch` for a batch without service tokens, read by the C decoder:
         the same checks in the same order, the same errors."""
         head, items = decoded
-        count = len(items)
-        if count > self._max_batch:
-            raise RequestTooLargeError(f"{count} requests; at most {self._max_batch} per batch",
-                                       field="requests")
+        self._check_size(len(items))
         defaults = decoded_defaults(head) if head is not None else None
         minimum = max(max((item[6] for item in items), default=0),
                       defaults.min_bundle_sequence if defaults is not None else 0)
@@ -312,10 +304,19 @@ class AuthorizationService:
                 raise RequestError(exc.message, field=f"requests[{i}].{exc.field}") from None
             done.append(_Done(req, decide(req, now=now), f"{prefix}-{next(ids)}", (), True,
                               started))
-        if (0 < count <= KNOWN_MAX_ITEMS and len(raw) <= KNOWN_MAX_BYTES
+        self._remember_batch(raw, done, call, minimum)
+        return done
+
+    def _check_size(self, count: int) -> None:
+        if count > self._max_batch:
+            raise RequestTooLargeError(f"{count} requests; at most {self._max_batch} per batch",
+                                       field="requests")
+
+    def _remember_batch(self, raw: bytes, done: list[_Done], call: _Call, minimum: int) -> None:
+        """Keep a batch without service tokens as known, when every decision was cached."""
+        if (0 < len(done) <= KNOWN_MAX_ITEMS and len(raw) <= KNOWN_MAX_BYTES
                 and all(d.decision.cached for d in done)):
             self._remember(raw, _Known(call.ip, tuple(d.request for d in done), minimum))
-        return done
 
     def _remember(self, raw: bytes, known: _Known) -> None:
         if len(self._known) >= KNOWN_MAX:
@@ -395,8 +396,9 @@ class AuthorizationService:
         return _Done(req, decision, f"{self._id_prefix}-{next(self._ids)}", traces,
                      token_error is None, started)
 
-    def _evaluate_known(self, request: Request, call: _Call) -> _Done:
-        """The decision for a known request (no token, no explain; see _Known)."""
+    def _evaluate_plain(self, request: Request, call: _Call) -> _Done:
+        """The decision for a request without a service token or explain: a known one (see
+        _Known), or one the C decoder read."""
         started = time.perf_counter() if self._metering else 0.0
         return _Done(request, self._engine.decide(request, now=call.now),
                      f"{self._id_prefix}-{next(self._ids)}", (), True, started)

@@ -187,7 +187,9 @@ def to_policy_request(
 # requests without a service token are taken this way (the caller checks), so there is no
 # token subject here.
 
-_NO_ENTITY = ("", "", None)  # an unset Subject or Resource: its checks name what is missing
+# An unset Subject or Resource, and Action: their checks name what is missing.
+_NO_ENTITY: tuple[str, str, None] = ("", "", None)
+_NO_ACTION: tuple[str, None] = ("", None)
 
 
 def decoded_defaults(decoded: Decoded) -> Defaults:
@@ -208,7 +210,7 @@ def decoded_request(decoded: Decoded, defaults: Defaults | None, *,
     if defaults is None:  # Authorize, and batch items without defaults: the hot path
         return Request(
             _subject_of(*(subject or _NO_ENTITY), ""),
-            _action_of(*(action or _NO_ENTITY[1:]), ""),
+            _action_of(*(action or _NO_ACTION), ""),
             _resource_of(*(resource or _NO_ENTITY), ""),
             EMPTY if context is None else context,
             peer_ip)
@@ -216,7 +218,7 @@ def decoded_request(decoded: Decoded, defaults: Defaults | None, *,
         defaults.subject if subject is None and defaults.subject is not None
         else _subject_of(*(subject or _NO_ENTITY), ""),
         defaults.action if action is None and defaults.action is not None
-        else _action_of(*(action or _NO_ENTITY[1:]), ""),
+        else _action_of(*(action or _NO_ACTION), ""),
         defaults.resource if resource is None and defaults.resource is not None
         else _resource_of(*(resource or _NO_ENTITY), ""),
         context if context is not None
