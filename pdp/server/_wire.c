@@ -114,7 +114,10 @@ static PyObject *value_of(Reader *r, int depth) {
             return NULL;
         memcpy(bytes, r->p, 8); /* a copy here, so a sanitizer build checks this read too */
         r->p += 8;
-        out = PyFloat_FromDouble(PyFloat_Unpack8(bytes, 1));
+        double number = PyFloat_Unpack8(bytes, 1);
+        if (number == -1.0 && PyErr_Occurred()) /* only where doubles are not IEEE 754 */
+            return NULL;
+        out = PyFloat_FromDouble(number);
         break;
     }
     case TAG(3, LEN): /* string_value */
