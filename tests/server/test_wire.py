@@ -353,3 +353,24 @@ def test_the_server_names_the_bad_field_of_a_decoded_batch_item(harness: Harness
         _raw_call(harness, "/pdp.v1.Authorization/AuthorizeBatch", data)
     assert err.value.code() is grpc.StatusCode.INVALID_ARGUMENT
     assert "requests[1].action.name" in (err.value.details() or "")
+
+
+def test_a_decoded_batch_is_held_to_its_defaults_bundle_sequence(harness: Harness) -> None:
+    policy = harness.server.engine.policy
+    assert policy is not None
+    batch = pb.AuthorizeBatchRequest()
+    batch.defaults.subject.type, batch.defaults.subject.id = "user", "alice"
+    batch.defaults.action.name = "read"
+    batch.requests.add().resource.type = "doc"
+    for ahead in (False, True):
+        batch.defaults.min_bundle_sequence = policy.sequence + ahead
+        data = batch.SerializeToString()
+        assert decode_batch(data) is not None  # the decoder's path, not protobuf's
+        if not ahead:
+            answers = pb.AuthorizeBatchResponse.FromString(
+                _raw_call(harness, "/pdp.v1.Authorization/AuthorizeBatch", data))
+            assert [a.rule_id for a in answers.responses] == ["read-docs"]
+            continue
+        with pytest.raises(grpc.RpcError) as err:
+            _raw_call(harness, "/pdp.v1.Authorization/AuthorizeBatch", data)
+        assert err.value.code() is grpc.StatusCode.FAILED_PRECONDITION
