@@ -4,7 +4,7 @@ VENV   := .venv
 BIN    := $(VENV)/bin
 STAMP  := $(VENV)/.installed
 
-.PHONY: run test lint typecheck pytest proto bench bench-quick clean
+.PHONY: run test lint typecheck pytest proto bench bench-quick bench-ab clean
 
 $(STAMP): pyproject.toml setup.py clients/python/pyproject.toml pdp/server/_wire.c pdp/policy/_json.c
 	$(PYTHON) -m venv $(VENV)
@@ -37,6 +37,11 @@ bench: $(STAMP)
 
 bench-quick: $(STAMP)
 	$(BIN)/python -m benchmarks.run --quick
+
+## bench-ab: the working tree side by side with an older revision: make bench-ab OLD=<rev>
+bench-ab: $(STAMP)
+	@test -n "$(OLD)" || { echo "usage: make bench-ab OLD=<revision>"; exit 2; }
+	$(BIN)/python -m benchmarks.ab $(OLD)
 
 clean:
 	rm -rf $(VENV) .pytest_cache .mypy_cache .ruff_cache

@@ -30,6 +30,7 @@ __all__ = [
     "BenchEnv",
     "ServerProc",
     "SignedBundle",
+    "code_env",
     "cpu_seconds",
     "free_port",
     "pinned",
@@ -256,13 +257,29 @@ def settle(servers: Sequence[ServerProc], *, step: float = 0.1,
     return time.monotonic() - started
 
 
+def code_env(code: Path | None) -> dict[str, str] | None:
+    """The environment in which a child process imports pdp and pdp_client from the checkout
+    ``code`` (ahead of the installed ones), or None for the installed ones. The child must
+    not run with a working directory that holds a ``pdp`` package of its own."""
+    if code is None:
+        return None
+    env = dict(os.environ)
+    paths = [str(code), str(code / "clients" / "python")]
+    if env.get("PYTHONPATH"):
+        paths.append(env["PYTHONPATH"])
+    env["PYTHONPATH"] = os.pathsep.join(paths)
+    return env
+
+
 def start_pdp(env: BenchEnv, name: str, *, cores: str | None, port: int | None = None,
               threads: int = 16, extra: str = "", cache_size: int = 100_000,
-              bundle: SignedBundle | None = None, workers: int = 1) -> ServerProc:
+              bundle: SignedBundle | None = None, workers: int = 1,
+              code: Path | None = None) -> ServerProc:
     """Start `pdp serve` in its own directory (its own SQLite store and audit); push ``bundle``.
 
     ``workers`` > 1 runs that many processes on the data port (`[server] workers`); the bundle
-    reaches them through the shared store, so this waits for them to pick it up.
+    reaches them through the shared store, so this waits for them to pick it up. ``code``: a
+    checkout whose pdp to serve instead of the installed one (see benchmarks.ab).
     """
     directory = env.directory / "servers" / name
     shutil.rmtree(directory, ignore_errors=True)
@@ -276,7 +293,7 @@ def start_pdp(env: BenchEnv, name: str, *, cores: str | None, port: int | None =
     with (directory / "server.log").open("wb") as log:  # the child keeps its own descriptor
         proc = subprocess.Popen(
             [*pinned(cores), sys.executable, "-m", "pdp.cli", "serve", "--config", str(config)],
-            cwd=directory, stdout=log, stderr=subprocess.STDOUT)
+            cwd=directory, stdout=log, stderr=subprocess.STDOUT, env=code_env(code))
     server = ServerProc(name, proc, data_port, admin_port, directory)
     env.servers.append(server)
     wait_port(admin_port, proc)

@@ -1,0 +1,245 @@
+"""Side by side: the no-op floor, pdp at an older revision and pdp as checked out, in one run.
+
+``python -m benchmarks.ab REV`` (``make bench-ab OLD=REV``) checks REV out into a temporary
+git worktree, builds its C modules there, and serves it beside this checkout's pdp and the
+floor, each its own process pinned to the server core. Every shape is measured once per
+round on every server, in an order that rotates from round to round. On these noisy 2-core
+machines the same configuration can move by 10-20 % between windows a minute apart, so a
+change is judged by the **median of the per-round ratios** new/old (each ratio taken within
+one round, both sides measured seconds apart), shown beside the medians of each side.
+``--new REV`` compares two revisions instead of REV and the working tree.
+
+Prints the table and writes ``benchmarks/results/ab.json``. The old revision must read the
+configuration this checkout's harness writes (``benchmarks.harness.PDP_CONFIG``).
+"""
+
+from __future__ import annotations
+
+import argparse
+import contextlib
+import statistics
+import subprocess
+import sys
+import time
+from collections.abc import Iterator, Sequence
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any
+
+from benchmarks.bundles import bundle_json
+from benchmarks.harness import ROOT, BenchEnv, code_env, start_floor, start_pdp, stop_all
+from benchmarks.load import LoadPool
+from benchmarks.report import Row, machine, write_json
+from benchmarks.scenarios import Bench, measure, spread
+
+__all__ = ["SHAPES", "Shape", "checkout", "main", "run"]
+
+RESULTS = Path(__file__).resolve().parent / "results"
+WORK = Path(__file__).resolve().parent / ".cache" / "ab"
+SERVER_CORE, CLIENT_CORE = "0", 1
+WORKERS = 2  # load-generator processes, as in benchmarks.run
+
+
+@dataclass(frozen=True)
+class Shape:
+    """One kind of load: what each call sends, and how many calls are in flight."""
+
+    op: str  # "authorize" or "batch"
+    inflight: int
+    batch: int = 1
+    vary: bool = True  # a new resource id per call: never answered from the cache
+
+
+SHAPES = {
+    "authorize-1": Shape("authorize", 1),  # sequential latency
+    "authorize-32": Shape("authorize", 32),  # server CPU per call under load
+    "batch100-8": Shape("batch", 8, batch=100),  # decisions/s of AuthorizeBatch(100)
+    "batch3-32": Shape("batch", 32, batch=3, vary=False),  # the Cerbos comparison's request
+}
+DEFAULT_SHAPES = ("authorize-1", "authorize-32", "batch100-8")
+
+
+def _git(*args: str) -> str:
+    done = subprocess.run(["git", "-C", str(ROOT), *args], capture_output=True, text=True)
+    if done.returncode != 0:
+        raise RuntimeError(f"git {' '.join(args)}: {done.stderr.strip()}")
+    return done.stdout.strip()
+
+
+@contextlib.contextmanager
+def checkout(rev: str, parent: Path) -> Iterator[tuple[Path, str]]:
+    """A detached worktree of ``rev`` under ``parent`` with its C modules built in place, and
+    the commit it is; removed on exit. Raises RuntimeError when ``rev`` is not a commit or
+    its C modules do not build."""
+    try:
+        sha = _git("rev-parse", "--verify", "--quiet", f"{rev}^{{commit}}")
+    except RuntimeError:
+        raise RuntimeError(f"{rev!r} names no commit of {ROOT}") from None
+    path = parent / f"rev-{sha[:12]}"
+    parent.mkdir(parents=True, exist_ok=True)
+    with contextlib.suppress(RuntimeError):  # left over from an interrupted run
+        _git("worktree", "remove", "--force", str(path))
+    _git("worktree", "prune")
+    _git("worktree", "add", "--detach", "--force", str(path), sha)
+    try:
+        if (path / "setup.py").exists():
+            built = subprocess.run([sys.executable, "setup.py", "-q", "build_ext", "--inplace"],
+                                   cwd=path, capture_output=True, text=True)
+            if built.returncode != 0:
+                raise RuntimeError(f"building {rev}'s C modules failed:\n{built.stderr[-2000:]}")
+        yield path, sha
+    finally:
+        with contextlib.suppress(RuntimeError):
+            _git("worktree", "remove", "--force", str(path))
+
+
+def served_from(code: Path | None, cwd: Path) -> dict[str, str]:
+    """Where a server started with ``code`` (see harness.code_env) imports pdp and pdp_client
+    from; a check that the revision measured is the one named."""
+    probe = subprocess.run(
+        [sys.executable, "-c", "import pdp, pdp_client; print(pdp.__file__); "
+                               "print(pdp_client.__file__)"],
+        cwd=cwd, env=code_env(code), capture_output=True, text=True, check=True)
+    pdp_file, client_file = probe.stdout.split()
+    return {"pdp": pdp_file, "pdp_client": client_file}
+
+
+def _ratios(new: Row, old: Row, attr: str) -> list[float]:
+    return [n / o for n, o in zip((getattr(w, attr) for w in new.rounds),
+                                  (getattr(w, attr) for w in old.rounds), strict=True) if o]
+
+
+def _table(title: str, shapes: dict[str, dict[str, Row]]) -> str:
+    head = (f"{'shape':<14}{'server':<8}{'calls/s':>10}{'decisions/s':>13}{'p50 ms':>9}"
+            f"{'p99 ms':>9}{'CPU us/call':>13}{'vs floor':>10}{'new/old CPU':>13}"
+            f"{'new/old dec/s':>15}")
+    lines = [f"\n== {title}", head, "-" * len(head)]
+    for name, rows in shapes.items():
+        floor = rows["floor"]
+        for who, row in rows.items():
+            vs_floor = statistics.median(_ratios(row, floor, "server_cpu_us_per_call") or [0.0])
+            cpu = dec = ""
+            if who == "new":
+                old = rows["old"]
+                cpu = f"{statistics.median(_ratios(row, old, 'server_cpu_us_per_call')):.3f}"
+                dec = f"{statistics.median(_ratios(row, old, 'decisions_per_s')):.3f}"
+            errors = f"  errors={row.errors}" if row.errors else ""
+            lines.append(
+                f"{name:<14}{who:<8}{row.median('calls_per_s'):>10,.0f}"
+                f"{row.median('decisions_per_s'):>13,.0f}{row.median('p50_ms'):>9.2f}"
+                f"{row.median('p99_ms'):>9.2f}{row.median('server_cpu_us_per_call'):>13,.1f}"
+                f"{vs_floor:>10.3f}{cpu:>13}{dec:>15}{errors}")
+    text = "\n".join(lines)
+    print(text, flush=True)
+    return text
+
+
+def run(old: str, *, new: str | None = None, shapes: Sequence[str] = DEFAULT_SHAPES,
+        rounds: int = 6, seconds: float = 2.0, out_dir: Path = RESULTS,
+        work: Path = WORK) -> dict[str, Any]:
+    """Measure floor, ``old`` and ``new`` (None: the working tree) side by side; write and
+    return the results. Raises RuntimeError when a revision cannot be checked out or built,
+    a server does not run the code it is meant to, or a shape is unknown."""
+    unknown = [s for s in shapes if s not in SHAPES]
+    if unknown:
+        raise RuntimeError(f"unknown shape(s) {', '.join(unknown)}; known: {', '.join(SHAPES)}")
+    started = time.perf_counter()
+    out: dict[str, Any] = {"machine": machine(), "rounds": rounds, "seconds": seconds,
+                           "command": f"python -m benchmarks.ab {old}"
+                                      + (f" --new {new}" if new else "")}
+    with contextlib.ExitStack() as stack:  # on exit: servers, load generators, worktrees
+        old_path, old_sha = stack.enter_context(checkout(old, work))
+        new_path, new_sha = (None, _git("rev-parse", "HEAD")) if new is None else (
+            stack.enter_context(checkout(new, work)))
+        env = BenchEnv(work / "env")
+        out["old"] = _side(old, old_sha, old_path, env.directory)
+        out["new"] = _side(new or "the working tree", new_sha, new_path, env.directory)
+        pool = LoadPool(WORKERS, core=CLIENT_CORE)
+        stack.callback(pool.close)
+        stack.callback(stop_all, env.servers)
+        bench = Bench(env, pool, rounds, seconds, client_cores=1)
+        bundle = env.sign("b1000", bundle_json(1000), 1000)
+        servers = {
+            "floor": start_floor(env, "floor", cores=SERVER_CORE),
+            "old": start_pdp(env, "old", cores=SERVER_CORE, bundle=bundle, code=old_path),
+            "new": start_pdp(env, "new", cores=SERVER_CORE, bundle=bundle, code=new_path),
+        }
+        for side, code in (("old", old_path), ("new", new_path)):
+            out[side]["loaded"] = _loaded_modules(servers[side].pid, code or ROOT)
+        table = {name: {who: Row(f"{name}, {who}") for who in servers} for name in shapes}
+        order = list(servers)
+        for r in range(rounds):
+            k = r % len(order)
+            for name in shapes:
+                shape = SHAPES[name]
+                for who in order[k:] + order[:k]:
+                    server = servers[who]
+                    job = bench.job(server, op=shape.op, vary=shape.vary, batch=shape.batch)
+                    table[name][who].rounds.append(
+                        measure(bench, [server], spread(job, shape.inflight, WORKERS)))
+        title = (f"floor, pdp old ({old} = {old_sha[:12]}) and new "
+                 f"({new or 'the working tree'}), median of {rounds} rounds of {seconds} s; "
+                 "ratios: median of the per-round ratios")
+        out["table"] = _table(title, table)
+        out["shapes"] = {name: _summary(rows) for name, rows in table.items()}
+    out["wall_seconds"] = time.perf_counter() - started
+    write_json(out_dir / "ab.json", out)
+    print(f"\nwrote {out_dir / 'ab.json'} in {out['wall_seconds']:.0f} s")
+    return out
+
+
+def _side(rev: str, sha: str, code: Path | None, cwd: Path) -> dict[str, Any]:
+    """What one side runs; raises RuntimeError when its servers would import other code."""
+    where = served_from(code, cwd)
+    expected = code if code is not None else ROOT
+    for module, path in where.items():
+        if not Path(path).resolve().is_relative_to(expected.resolve()):
+            raise RuntimeError(f"{rev}: {module} would be imported from {path}, not from "
+                               f"{expected} (is pdp installed from this checkout?)")
+    changed = code is None and bool(_git("status", "--porcelain", "--untracked-files=no"))
+    return {"rev": rev, "commit": sha, "uncommitted_changes": changed, "served_from": where}
+
+
+def _loaded_modules(pid: int, expected: Path) -> list[str]:
+    """pdp's C modules the running server ``pid`` has loaded (none for a revision without
+    any); raises RuntimeError when one comes from elsewhere than ``expected``."""
+    paths = set()
+    for line in Path(f"/proc/{pid}/maps").read_text().splitlines():
+        path = line.split(maxsplit=5)[5] if len(line.split(maxsplit=5)) == 6 else ""
+        if path.endswith(".so") and "/pdp/" in path:
+            paths.add(path)
+    for path in paths:
+        if not Path(path).resolve().is_relative_to(expected.resolve()):
+            raise RuntimeError(f"server {pid} runs {path}, not code from {expected}")
+    return sorted(paths)
+
+
+def _summary(rows: dict[str, Row]) -> dict[str, Any]:
+    out: dict[str, Any] = {who: row.summary() for who, row in rows.items()}
+    out["new_over_old"] = {
+        attr: statistics.median(_ratios(rows["new"], rows["old"], attr))
+        for attr in ("server_cpu_us_per_call", "decisions_per_s", "p50_ms")}
+    return out
+
+
+def main(argv: list[str] | None = None) -> int:
+    """Parse the revisions and settings; run."""
+    p = argparse.ArgumentParser(prog="python -m benchmarks.ab", description=__doc__.split("\n")[0])
+    p.add_argument("old", help="the revision to compare against (a commit, tag or branch)")
+    p.add_argument("--new", help="a revision to measure instead of the working tree")
+    p.add_argument("--rounds", type=int, default=6)
+    p.add_argument("--seconds", type=float, default=2.0, help="the length of each window")
+    p.add_argument("--shapes", default=",".join(DEFAULT_SHAPES),
+                   help=f"comma-separated, of: {', '.join(SHAPES)}")
+    args = p.parse_args(argv)
+    try:
+        run(args.old, new=args.new, shapes=[s for s in args.shapes.split(",") if s],
+            rounds=args.rounds, seconds=args.seconds)
+    except RuntimeError as exc:
+        print(f"benchmarks.ab: {exc}", file=sys.stderr)
+        return 1
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())
