@@ -69,6 +69,9 @@ class Detector:
     # outcome; None means every decision.
     types: frozenset[EventType] = RELEVANT_TYPES
     outcomes: frozenset[str] | None = None
+    # For a detector that sees allows and never hits on one: count_allows(now, n) counts n
+    # allow decisions at ``now`` exactly as n calls of observe would (a batch's allows at once).
+    count_allows: Callable[[float, int], None] | None = None
 
     def sees(self, type_: EventType, outcome: str | None = None) -> bool:
         """Whether events of ``type_`` (decisions: with ``outcome``, None = any other) reach it."""
@@ -193,8 +196,12 @@ def _admin_outsider(event: Event) -> list[tuple[str, str, dict[str, Any]]]:
     return [(_who(event), "", details)]
 
 
-def _deny_ratio(cfg: DenyRatioJumpConfig) -> Callable[[Event], list[Hit]]:
+def _deny_ratio(cfg: DenyRatioJumpConfig
+                ) -> tuple[Callable[[Event], list[Hit]], Callable[[float, int], None]]:
     ratio = BucketedRatio(window=cfg.window, baseline_window=cfg.baseline_window, bucket=cfg.bucket)
+
+    def count_allows(now: float, count: int) -> None:
+        ratio.add(now, False, count)
 
     def observe(event: Event) -> list[Hit]:
         if event.type is not EventType.DECISION or event.outcome not in ("allow", "deny"):
@@ -224,7 +231,7 @@ def _deny_ratio(cfg: DenyRatioJumpConfig) -> Callable[[Event], list[Hit]]:
         first = event.time - cfg.window
         return [Hit(key="*", count=recent_denies, first_seen=first, firing=firing, details=details)]
 
-    return observe
+    return observe, count_allows
 
 
 def build_detectors(config: DetectionConfig) -> list[Detector]:
@@ -266,6 +273,7 @@ def build_detectors(config: DetectionConfig) -> list[Detector]:
         )
     jump = config.deny_ratio_jump
     if jump.enabled:
+        observe, count_allows = _deny_ratio(jump)
         out.append(
             Detector(
                 name="deny_ratio_jump",
@@ -273,10 +281,11 @@ def build_detectors(config: DetectionConfig) -> list[Detector]:
                 window=jump.window,
                 quarantine=False,
                 quarantine_ttl=0.0,
-                observe=_deny_ratio(jump),
+                observe=observe,
                 tracked=lambda: 1,
                 types=frozenset({EventType.DECISION}),
                 outcomes=frozenset({"allow", "deny"}),
+                count_allows=count_allows,
             )
         )
     return out

@@ -82,8 +82,8 @@ class BucketedRatio:
         self._denies = 0.0
         self._disorder = 0  # adjacent bucket pairs whose starts go back in time
 
-    def add(self, now: float, deny: bool) -> None:
-        """Count one decision at ``now``."""
+    def add(self, now: float, deny: bool, count: int = 1) -> None:
+        """Count ``count`` decisions at ``now`` (as many calls with one each would)."""
         start = math.floor(now / self._bucket) * self._bucket
         buckets = self._buckets
         if buckets and buckets[-1][0] == start:
@@ -95,11 +95,11 @@ class BucketedRatio:
                 self._disorder += 1
             last = [start, 0.0, 0.0]
             buckets.append(last)
-        last[1] += 1
-        self._total += 1
+        last[1] += count
+        self._total += count
         if deny:
-            last[2] += 1
-            self._denies += 1
+            last[2] += count
+            self._denies += count
         horizon = now - self._span
         while buckets and buckets[0][0] + self._bucket <= horizon:
             self._drop_oldest()

@@ -8,13 +8,16 @@ from collections import deque
 from dataclasses import replace
 from typing import Any
 
+import pytest
 from detect_support import Recorder
 from hypothesis import HealthCheck, given, settings
 from hypothesis import strategies as st
 
+import pdp.detect._pipeline
 from pdp.clock import FakeClock
 from pdp.configuration import build_section
 from pdp.detect import Alert, DetectionConfig, DetectionPipeline
+from pdp.detect._detectors import Detector, build_detectors
 from pdp.detect._windows import BucketedRatio
 from pdp.events import Event, EventType
 
@@ -137,3 +140,89 @@ def test_bucketed_ratio_counts_like_summing_every_bucket(
         plain.add(now, deny)
         assert fast.counts(now) == plain.counts(now)
         assert fast.counts(now + step) == plain.counts(now + step)
+
+
+decision_strategy = st.tuples(
+    st.sampled_from(["allow", "allow", "allow", "deny", "other"]),  # mostly allows, as served
+    st.sampled_from(["alice", "bob"]),
+    st.sampled_from([0.0, 0.0, 0.0, 0.4, 1.0, -0.5]),  # runs of one time; the clock may step back
+    st.integers(1, 6),  # how many decisions go into the batch that this one ends
+)
+
+
+@PROPERTY
+@given(stream=st.lists(decision_strategy, max_size=80), flush_every=st.integers(1, 5))
+def test_a_batch_counted_at_once_raises_the_same_alerts_as_one_by_one(
+    stream: list[tuple[str, str, float, int]], flush_every: int,
+) -> None:
+    """AuthorizeBatch's decisions reach the detectors as one queue item whose runs of allows
+    are counted at once: the same alerts, quarantines, counts and state as one by one."""
+    events, clock = [], FakeClock()
+    for outcome, subject, step, _ in stream:
+        clock.set(clock() + step)
+        events.append(Event(type=EventType.DECISION, time=clock(), actor="spiffe://t/a",
+                            outcome=outcome, details={"subject": subject}))
+    batches, start = [], 0
+    for i, (_, _, _, size) in enumerate(stream):  # cut the stream into batches
+        if i + 1 - start >= size or i == len(stream) - 1:
+            batches.append(tuple(events[start:i + 1]))
+            start = i + 1
+    runs = []
+    for batched in (False, True):
+        recorder = Recorder()
+        made = pipeline(FakeClock(clock()), recorder, every_detector=False)
+        assert made._allow_counters, "the deny-ratio detector counts allows at once"
+        made.start()
+        for n, batch in enumerate(batches):
+            if batched:
+                made.emit_all(batch)
+            else:
+                for event in batch:
+                    made.emit(event)
+            if n % flush_every == 0:
+                assert made.flush()
+        assert made.flush()
+        stats = made.stats()
+        ratio = ratio_of(made)
+        runs.append((comparable(recorder.sent), [(s, t) for s, t, _ in recorder.quarantined],
+                     stats.processed, stats.queued, stats.dropped, stats.detector_errors,
+                     stats.tracked_keys, comparable(made.alerts()),
+                     [tuple(b) for b in ratio._buckets], ratio._total, ratio._denies))
+        made.close()
+    assert runs[0] == runs[1]
+    assert runs[1][2] == len(events)  # every decision was counted as processed
+
+
+def ratio_of(made: DetectionPipeline) -> BucketedRatio:
+    """The deny-ratio detector's buckets (held by its closures), to compare their counts."""
+    (detector,) = [d for d in made._detectors if d.name == "deny_ratio_jump"]
+    assert detector.count_allows is not None
+    cells = detector.count_allows.__closure__ or ()
+    (ratio,) = [c.cell_contents for c in cells if isinstance(c.cell_contents, BucketedRatio)]
+    return ratio
+
+
+def test_a_detector_that_cannot_count_allows_at_once_sees_each(
+    clock: FakeClock, monkeypatch: pytest.MonkeyPatch,
+) -> None:
+    """Where one detector that sees allows has no count_allows, a batch goes one by one."""
+    seen: list[Event] = []
+
+    def with_watcher(config: DetectionConfig) -> list[Detector]:
+        built = build_detectors(config)
+        return [*built, replace(built[0], name="watcher", types=frozenset({EventType.DECISION}),
+                                outcomes=frozenset({"allow"}), count_allows=None,
+                                observe=lambda e: seen.append(e) or [])]
+
+    monkeypatch.setattr(pdp.detect._pipeline, "build_detectors", with_watcher)
+    made = DetectionPipeline(build_section(DetectionConfig, SETTINGS, where="[detection]"),
+                             clock=clock, quarantine=None, sinks=[])
+    assert made._allow_counters is None
+    made.start()
+    batch = tuple(Event(type=EventType.DECISION, time=clock(), outcome="allow",
+                        details={"subject": "alice"}) for _ in range(5))
+    made.emit_all(batch)
+    assert made.flush()
+    assert seen == list(batch)
+    assert made.stats().processed == 5
+    made.close()
