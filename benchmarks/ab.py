@@ -100,13 +100,16 @@ def served_from(code: Path | None, cwd: Path) -> dict[str, str]:
         [sys.executable, "-c", "import pdp, pdp_client; print(pdp.__file__); "
                                "print(pdp_client.__file__)"],
         cwd=cwd, env=code_env(code), capture_output=True, text=True, check=True)
-    pdp_file, client_file = probe.stdout.split()
+    pdp_file, client_file = probe.stdout.splitlines()
     return {"pdp": pdp_file, "pdp_client": client_file}
 
 
-def _ratios(new: Row, old: Row, attr: str) -> list[float]:
-    return [n / o for n, o in zip((getattr(w, attr) for w in new.rounds),
-                                  (getattr(w, attr) for w in old.rounds), strict=True) if o]
+def _median_ratio(new: Row, old: Row, attr: str) -> float:
+    """The median over rounds of ``new``'s figure over ``old``'s in the same round (0.0 when
+    no round has one)."""
+    ratios = [n / o for n, o in zip((getattr(w, attr) for w in new.rounds),
+                                    (getattr(w, attr) for w in old.rounds), strict=True) if o]
+    return statistics.median(ratios) if ratios else 0.0
 
 
 def _table(title: str, shapes: dict[str, dict[str, Row]]) -> str:
@@ -117,12 +120,12 @@ def _table(title: str, shapes: dict[str, dict[str, Row]]) -> str:
     for name, rows in shapes.items():
         floor = rows["floor"]
         for who, row in rows.items():
-            vs_floor = statistics.median(_ratios(row, floor, "server_cpu_us_per_call") or [0.0])
+            vs_floor = _median_ratio(row, floor, "server_cpu_us_per_call")
             cpu = dec = ""
             if who == "new":
                 old = rows["old"]
-                cpu = f"{statistics.median(_ratios(row, old, 'server_cpu_us_per_call')):.3f}"
-                dec = f"{statistics.median(_ratios(row, old, 'decisions_per_s')):.3f}"
+                cpu = f"{_median_ratio(row, old, 'server_cpu_us_per_call'):.3f}"
+                dec = f"{_median_ratio(row, old, 'decisions_per_s'):.3f}"
             errors = f"  errors={row.errors}" if row.errors else ""
             lines.append(
                 f"{name:<14}{who:<8}{row.median('calls_per_s'):>10,.0f}"
@@ -205,7 +208,8 @@ def _loaded_modules(pid: int, expected: Path) -> list[str]:
     any); raises RuntimeError when one comes from elsewhere than ``expected``."""
     paths = set()
     for line in Path(f"/proc/{pid}/maps").read_text().splitlines():
-        path = line.split(maxsplit=5)[5] if len(line.split(maxsplit=5)) == 6 else ""
+        fields = line.split(maxsplit=5)  # address perms offset dev inode [path]
+        path = fields[5] if len(fields) == 6 else ""
         if path.endswith(".so") and "/pdp/" in path:
             paths.add(path)
     for path in paths:
@@ -217,7 +221,7 @@ def _loaded_modules(pid: int, expected: Path) -> list[str]:
 def _summary(rows: dict[str, Row]) -> dict[str, Any]:
     out: dict[str, Any] = {who: row.summary() for who, row in rows.items()}
     out["new_over_old"] = {
-        attr: statistics.median(_ratios(rows["new"], rows["old"], attr))
+        attr: _median_ratio(rows["new"], rows["old"], attr)
         for attr in ("server_cpu_us_per_call", "decisions_per_s", "p50_ms")}
     return out
 
