@@ -64,6 +64,11 @@ def test_quick_run_end_to_end(tmp_path: Path) -> None:
     assert out["tls_handshake"]["mtls"]["p50_ms"] > 0
     assert out["tokens"]["verify_p50_us"] > 0
     assert "sequential p50 <= 1.05x floor" in out["targets"]
+    # Beside each ratio of medians, the median of the per-round ratios (one round here: the
+    # round's own ratio).
+    for name in ("sequential p50 <= 1.05x floor", "server CPU/call <= 1.15x floor"):
+        target = out["targets"][name]
+        assert target["paired_ratio"] == pytest.approx(target["ratio"]), name
     # The floor's own batch(100) row is measured: the ceiling of the 20x target.
     assert out["targets"]["batch(100) >= 20x single decisions/s"]["floor_batch_ratio"] > 0
 
