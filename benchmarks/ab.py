@@ -99,7 +99,9 @@ def served_from(code: Path | None, cwd: Path) -> dict[str, str]:
     probe = subprocess.run(
         [sys.executable, "-c", "import pdp, pdp_client; print(pdp.__file__); "
                                "print(pdp_client.__file__)"],
-        cwd=cwd, env=code_env(code), capture_output=True, text=True, check=True)
+        cwd=cwd, env=code_env(code), capture_output=True, text=True)
+    if probe.returncode != 0:
+        raise RuntimeError(f"pdp from {code or ROOT} does not import:\n{probe.stderr[-2000:]}")
     pdp_file, client_file = probe.stdout.splitlines()
     return {"pdp": pdp_file, "pdp_client": client_file}
 
@@ -144,8 +146,12 @@ def run(old: str, *, new: str | None = None, shapes: Sequence[str] = DEFAULT_SHA
     return the results. Raises RuntimeError when a revision cannot be checked out or built,
     a server does not run the code it is meant to, or a shape is unknown."""
     unknown = [s for s in shapes if s not in SHAPES]
-    if unknown:
-        raise RuntimeError(f"unknown shape(s) {', '.join(unknown)}; known: {', '.join(SHAPES)}")
+    if unknown or not shapes:
+        raise RuntimeError(f"unknown shape(s) {', '.join(unknown) or '(none given)'}; known: "
+                           f"{', '.join(SHAPES)}")
+    if rounds < 1 or not seconds > 0:
+        raise RuntimeError(f"rounds must be at least 1 and seconds positive, not {rounds} and "
+                           f"{seconds}")
     started = time.perf_counter()
     out: dict[str, Any] = {"machine": machine(), "rounds": rounds, "seconds": seconds,
                            "command": f"python -m benchmarks.ab {old}"

@@ -57,4 +57,7 @@ def test_an_unknown_revision_or_shape_is_refused_before_anything_starts(tmp_path
     with pytest.raises(RuntimeError, match=r"unknown shape.*authorize-2"):
         run("HEAD", shapes=("authorize-2",), rounds=1, seconds=0.1,
             out_dir=tmp_path / "results", work=tmp_path / "work")
+    with pytest.raises(RuntimeError, match="rounds must be at least 1"):
+        run("HEAD", shapes=("authorize-1",), rounds=0, seconds=0.1,
+            out_dir=tmp_path / "results", work=tmp_path / "work")
     assert not (tmp_path / "results" / "ab.json").exists()
