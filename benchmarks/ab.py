@@ -17,7 +17,6 @@ from __future__ import annotations
 
 import argparse
 import contextlib
-import statistics
 import subprocess
 import sys
 import time
@@ -29,15 +28,13 @@ from typing import Any
 from benchmarks.bundles import bundle_json
 from benchmarks.harness import ROOT, BenchEnv, code_env, start_floor, start_pdp, stop_all
 from benchmarks.load import LoadPool
-from benchmarks.report import Row, machine, write_json
+from benchmarks.report import Row, machine, paired_ratio, write_json
+from benchmarks.run import CLIENT_CORE, RESULTS, SERVER_CORE, WORKERS
 from benchmarks.scenarios import Bench, measure, spread
 
 __all__ = ["SHAPES", "Shape", "checkout", "main", "run"]
 
-RESULTS = Path(__file__).resolve().parent / "results"
 WORK = Path(__file__).resolve().parent / ".cache" / "ab"
-SERVER_CORE, CLIENT_CORE = "0", 1
-WORKERS = 2  # load-generator processes, as in benchmarks.run
 
 
 @dataclass(frozen=True)
@@ -107,11 +104,8 @@ def served_from(code: Path | None, cwd: Path) -> dict[str, str]:
 
 
 def _median_ratio(new: Row, old: Row, attr: str) -> float:
-    """The median over rounds of ``new``'s figure over ``old``'s in the same round (0.0 when
-    no round has one)."""
-    ratios = [n / o for n, o in zip((getattr(w, attr) for w in new.rounds),
-                                    (getattr(w, attr) for w in old.rounds), strict=True) if o]
-    return statistics.median(ratios) if ratios else 0.0
+    """report.paired_ratio, 0.0 when no round has one (so the table always has a figure)."""
+    return paired_ratio(new, old, attr) or 0.0
 
 
 def _table(title: str, shapes: dict[str, dict[str, Row]]) -> str:

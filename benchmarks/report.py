@@ -88,6 +88,17 @@ class Row:
                 "rounds": [asdict(w) for w in self.rounds]}
 
 
+def paired_ratio(a: Row, b: Row, attr: str) -> float | None:
+    """The median over rounds of row ``a``'s figure over row ``b``'s in the same round (rows
+    measured in the same rounds, seconds apart, so the machine's drift between rounds
+    cancels out); None when the rows have no rounds in common."""
+    if not a.rounds or len(a.rounds) != len(b.rounds):
+        return None
+    ratios = [getattr(x, attr) / getattr(y, attr)
+              for x, y in zip(a.rounds, b.rounds, strict=True) if getattr(y, attr)]
+    return statistics.median(ratios) if ratios else None
+
+
 _COLUMNS = (("calls/s", "calls_per_s", "{:,.0f}"), ("decisions/s", "decisions_per_s", "{:,.0f}"),
             ("p50 ms", "p50_ms", "{:.2f}"), ("p99 ms", "p99_ms", "{:.2f}"),
             ("srv CPU us/call", "server_cpu_us_per_call", "{:,.0f}"),

@@ -19,7 +19,7 @@ from benchmarks.bundles import bundle_json
 from benchmarks.harness import BenchEnv, ServerProc, start_floor, start_pdp, stop_all
 from benchmarks.load import LoadPool
 from benchmarks.peers import cerbos
-from benchmarks.report import Row, machine, print_table, write_json
+from benchmarks.report import Row, machine, paired_ratio, print_table, write_json
 from benchmarks.scenarios import Bench, handshakes, measure, rounds, spread, token_verification
 
 __all__ = ["Settings", "main", "run"]
@@ -264,15 +264,10 @@ def targets(rows: dict[str, Row], out: dict[str, Any]) -> dict[str, Any]:
         return a / b if a is not None and b else None
 
     def paired(a: str, b: str, attr: str) -> float | None:
-        """The median over rounds of row a's figure over row b's in the same round (rows of
-        one section: measured seconds apart, so the machine's drift between rounds cancels
-        out). Reported beside the ratio of the medians, which decides "met"."""
+        """report.paired_ratio of two rows of one section, reported beside the ratio of the
+        medians (which decides "met")."""
         ra, rb = rows.get(a), rows.get(b)
-        if ra is None or rb is None or not ra.rounds or len(ra.rounds) != len(rb.rounds):
-            return None
-        ratios = [getattr(x, attr) / getattr(y, attr)
-                  for x, y in zip(ra.rounds, rb.rounds, strict=True) if getattr(y, attr)]
-        return statistics.median(ratios) if ratios else None
+        return paired_ratio(ra, rb, attr) if ra is not None and rb is not None else None
 
     t: dict[str, Any] = {}
     seq = ("Authorize uncached, 1 in flight", "floor no-op, 1 in flight", "p50_ms")

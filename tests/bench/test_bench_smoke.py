@@ -17,7 +17,7 @@ import pytest
 from benchmarks.bundles import bundle_json
 from benchmarks.harness import BenchEnv, ServerProc, settle, start_pdp, stop_all
 from benchmarks.load import LoadPool
-from benchmarks.report import percentile
+from benchmarks.report import Row, Window, paired_ratio, percentile
 from benchmarks.run import QUICK, run
 from benchmarks.scenarios import Bench, measure, spread
 
@@ -27,6 +27,20 @@ def test_percentile_is_nearest_rank() -> None:
     assert percentile(values, 50) == 50.0
     assert percentile(values, 99) == 99.0
     assert percentile([], 50) == 0.0
+
+
+def test_paired_ratio_is_the_median_of_ratios_within_rounds() -> None:
+    def row(*cpu: float) -> Row:
+        return Row("r", rounds=[Window(calls=1, decisions=1, errors=0, seconds=1.0,
+                                       calls_per_s=1.0, decisions_per_s=1.0, p50_ms=1.0,
+                                       p99_ms=1.0, server_cpu_us_per_call=c,
+                                       client_cpu_pct=1.0) for c in cpu])
+    attr = "server_cpu_us_per_call"
+    # Round by round 2.0, 0.5 and 1.5: the median 1.5, where the medians' ratio is 1.0.
+    assert paired_ratio(row(200, 100, 300), row(100, 200, 200), attr) == 1.5
+    assert paired_ratio(row(100, 50), row(0, 50), attr) == 1.0  # a zero round is left out
+    assert paired_ratio(row(100), row(100, 100), attr) is None  # not the same rounds
+    assert paired_ratio(row(), row(), attr) is None
 
 
 def test_settle_waits_for_a_busy_server_and_not_for_an_idle_one() -> None:
