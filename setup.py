@@ -1,8 +1,9 @@
-"""The two C modules; everything else about the package is in pyproject.toml.
+"""The three C modules; everything else about the package is in pyproject.toml.
 
 Built at install, so installing from source needs a C compiler and the Python headers:
-pdp/server/_wire.c (the decision path's request decoder) and pdp/policy/_json.c (the JSON
-bundle loader's duplicate-key check). See docs/performance.md, items 22 and 23.
+pdp/server/_wire.c (the decision path's request decoder), pdp/policy/_json.c (the JSON
+bundle loader's duplicate-key check) and pdp/policy/_doorkeeper.c (the decision cache's
+admission test). See docs/performance.md, items 22, 23 and 25.
 """
 
 from setuptools import Extension, setup
@@ -12,4 +13,6 @@ FLAGS = ["-O2", "-Wall", "-Wextra"]
 setup(ext_modules=[
     Extension("pdp.server._wire", ["pdp/server/_wire.c"], extra_compile_args=FLAGS),
     Extension("pdp.policy._json", ["pdp/policy/_json.c"], extra_compile_args=FLAGS),
+    Extension("pdp.policy._doorkeeper", ["pdp/policy/_doorkeeper.c"],
+              extra_compile_args=FLAGS),
 ])

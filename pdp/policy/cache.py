@@ -14,6 +14,7 @@ from dataclasses import dataclass, replace
 from typing import Literal
 
 from pdp.clock import Clock, system_clock
+from pdp.policy._doorkeeper import seen_before
 from pdp.policy.model import Decision
 
 __all__ = ["CacheStats", "DecisionCache"]
@@ -121,7 +122,12 @@ class DecisionCache:
     def admits(self, key: Hashable) -> bool:
         """Whether a decision for ``key`` is to be stored now: always with admission "all",
         else when ``key`` was asked for before (this call is remembered)."""
-        return self._admit_all or self._repeated(key)
+        if self._admit_all or seen_before(self._seen, self._before, hash(key), self._mask):
+            return True
+        self._seen_keys += 1
+        if self._seen_keys >= self.max_size:  # a new generation; the last one is still read
+            self._before, self._seen, self._seen_keys = self._seen, bytearray(len(self._seen)), 0
+        return False
 
     def store(self, key: Hashable, decision: Decision, *, expires: float = math.inf,
               now: float | None = None) -> None:
@@ -153,23 +159,6 @@ class DecisionCache:
                 data.pop(order.popleft(), None)  # the oldest entry
             except IndexError:  # emptied meanwhile by another thread
                 break
-
-    def _repeated(self, key: Hashable) -> bool:
-        """True when the doorkeeper has seen ``key`` before; else remember it."""
-        h = hash(key)
-        mask = self._mask
-        a, b = h & mask, (h >> 24) & mask
-        byte_a, bit_a, byte_b, bit_b = a >> 3, 1 << (a & 7), b >> 3, 1 << (b & 7)
-        seen, before = self._seen, self._before
-        if (seen[byte_a] & bit_a and seen[byte_b] & bit_b) or (
-                before[byte_a] & bit_a and before[byte_b] & bit_b):
-            return True
-        seen[byte_a] |= bit_a
-        seen[byte_b] |= bit_b
-        self._seen_keys += 1
-        if self._seen_keys >= self.max_size:  # a new generation; the last one is still read
-            self._before, self._seen, self._seen_keys = seen, bytearray(len(seen)), 0
-        return False
 
     def stats(self) -> CacheStats:
         """Hits, misses, current size (expired entries dropped first) and maximum size."""

@@ -1,0 +1,3 @@
+"""Types of the decision cache's C helper (pdp/policy/_doorkeeper.c)."""
+
+def seen_before(seen: bytearray, before: bytearray, hash: int, mask: int, /) -> bool: ...
