@@ -211,6 +211,7 @@ class CompiledPolicy:
                 else tuple([entries[i] for i in positions])
             )
         self._wild = tuple((type_ok, entries[i]) for i, type_ok in globbed)
+        self._windowed = any(entry[4].windows for entry in entries)
 
     def _candidates(self, action: str, rtype: str) -> tuple[Any, ...]:
         key = (action, rtype)
@@ -260,6 +261,8 @@ class CompiledPolicy:
         read) and whether it was an evaluation error."""
         decision, position, candidates, error = self._run(request, now)
         expires = math.inf
+        if not self._windowed:  # no rule reads the clock: the answer holds until the ttl
+            return decision, expires, error
         for entry in candidates[: position + 1]:
             for window in entry[4].windows:
                 expires = min(expires, window.next_change(now))
