@@ -1,5 +1,6 @@
-"""Types of the C request decoder (pdp/server/_wire.c)."""
+"""Types of the C request decoder and answer encoder (pdp/server/_wire.c)."""
 
+from collections.abc import Callable
 from typing import Any, TypeAlias
 
 Entity: TypeAlias = tuple[str, str, dict[str, Any] | None]  # Subject, Resource: type, id, props
@@ -11,3 +12,8 @@ Decoded: TypeAlias = tuple[
 
 def decode_request(data: bytes, /) -> Decoded | None: ...
 def decode_batch(data: bytes, /) -> tuple[Decoded | None, list[Decoded]] | None: ...
+
+Entry: TypeAlias = tuple[Any, bytes, bytes]  # a Decision, its fields 1-4, its field 6
+
+def encode_answers(decisions: list[Any], ids: list[str], entries: dict[int, Entry],
+                   entry_of: Callable[[Any], Entry], framed: bool, /) -> bytes: ...

@@ -13,7 +13,7 @@ import itertools
 import operator
 import os
 import time
-from collections.abc import Sequence
+from collections.abc import Callable, Sequence
 from typing import TYPE_CHECKING, Any, NamedTuple
 
 import grpc
@@ -246,27 +246,34 @@ class AuthorizationService:
             if known.min_sequence:
                 self._check_fresh(known.min_sequence)
             evaluate = self._evaluate_plain
-            done = [evaluate(r, call) for r in known.requests]
-        else:
-            done = self._evaluate_batch(raw, call)
-        # One hand-over to the audit trail for the whole batch: all or none.
-        event = self._event
-        recorded = self._record([event(d, call) for d in done])
-        shadow = self.shadow
-        if recorded and (shadow is None or shadow.policy is None) and not self._metering:
-            # nothing to change, compare or count: the answers as decided
-            return (encode_batch([encode_response(d.decision, d.decision_id) for d in done]),
-                    len(done))
-        final = self._final
-        return encode_batch([encode_response(final(d, call, recorded), d.decision_id)
-                             for d in done]), len(done)
-
-    def _evaluate_batch(self, raw: bytes, call: _Call) -> list[_Done]:
-        """Parse a batch that is not known, check it and evaluate its items."""
+            return self._answer_batch([evaluate(r, call) for r in known.requests], call)
         decoded = decode_batch(raw)
         if decoded is not None and not (
                 (decoded[0] is not None and decoded[0][4]) or any(i[4] for i in decoded[1])):
-            return self._evaluate_decoded(raw, decoded, call)  # no service token: the usual
+            return self._decide_decoded(raw, decoded, call)  # no service token: the usual
+        return self._answer_batch(self._evaluate_parsed(raw, call), call)
+
+    def _answer_batch(self, done: list[_Done], call: _Call) -> tuple[bytes, int]:
+        """Audit a batch's decisions at once (all or none) and answer them in order."""
+        event = self._event
+        return self._answered([event(d, call) for d in done], [d.decision for d in done],
+                              [d.decision_id for d in done], call, lambda: done)
+
+    def _answered(self, events: list[Event], decisions: list[Decision], idents: list[str],
+                  call: _Call, done: Callable[[], list[_Done]]) -> tuple[bytes, int]:
+        """Hand a batch's audit events over (all or none) and answer its decisions; ``done``
+        gives them as _Done when there is more to do (a refusal, a shadow, metrics)."""
+        recorded = self._record(events)
+        shadow = self.shadow
+        if recorded and (shadow is None or shadow.policy is None) and not self._metering:
+            # nothing to change, compare or count: the answers as decided
+            return encode_batch(decisions, idents), len(decisions)
+        final = self._final
+        return encode_batch([final(d, call, recorded) for d in done()], idents), len(idents)
+
+    def _evaluate_parsed(self, raw: bytes, call: _Call) -> list[_Done]:
+        """Parse a batch the C decoder left to protobuf (service tokens, or bytes it does
+        not take), check it and evaluate its items."""
         try:
             request = pb.AuthorizeBatchRequest.FromString(raw)
         except DecodeError as exc:
@@ -280,13 +287,15 @@ class AuthorizationService:
         done = self._evaluate_all(items, defaults, call)
         if not ((defaults is not None and defaults.service_token)
                 or any(item.service_token for item in items)):
-            self._remember_batch(raw, done, call, minimum)
+            self._remember_batch(raw, [d.request for d in done], [d.decision for d in done],
+                                 call, minimum)
         return done
 
-    def _evaluate_decoded(self, raw: bytes, decoded: tuple[Decoded | None, list[Decoded]],
-                          call: _Call) -> list[_Done]:
-        """:meth:`_evaluate_batch` for a batch without service tokens, read by the C decoder:
-        the same checks in the same order, the same errors."""
+    def _decide_decoded(self, raw: bytes, decoded: tuple[Decoded | None, list[Decoded]],
+                        call: _Call) -> tuple[bytes, int]:
+        """:meth:`_decide_batch` for a batch without service tokens, read by the C decoder:
+        the same checks in the same order, the same errors. The hot loop of a batch: each
+        item's Request, decision, id and audit event in one pass."""
         head, items = decoded
         self._check_size(len(items))
         defaults = decoded_defaults(head) if head is not None else None
@@ -295,28 +304,42 @@ class AuthorizationService:
         self._check_fresh(minimum)
         decide, now, ip = self._engine.decide, call.now, call.ip
         prefix, ids, metering = self._id_prefix, self._ids, self._metering
-        done = []
+        identity, address = call.peer.identity, call.address
+        requests: list[Request] = []
+        decisions: list[Decision] = []
+        idents: list[str] = []
+        events: list[Event] = []
+        starts: list[float] = []
         for i, item in enumerate(items):
-            started = time.perf_counter() if metering else 0.0
+            if metering:
+                starts.append(time.perf_counter())
             try:
                 req = decoded_request(item, defaults, peer_ip=ip)
             except RequestError as exc:
                 raise RequestError(exc.message, field=f"requests[{i}].{exc.field}") from None
-            done.append(_Done(req, decide(req, now=now), f"{prefix}-{next(ids)}", (), True,
-                              started))
-        self._remember_batch(raw, done, call, minimum)
-        return done
+            decision = decide(req, now=now)
+            ident = f"{prefix}-{next(ids)}"
+            requests.append(req)
+            decisions.append(decision)
+            idents.append(ident)
+            events.append(_decision_event(req, decision, ident, identity, address, now))
+        self._remember_batch(raw, requests, decisions, call, minimum)
+        return self._answered(events, decisions, idents, call, lambda: [
+            _Done(r, d, x, (), True, s)
+            for r, d, x, s in zip(requests, decisions, idents, starts or [0.0] * len(idents),
+                                  strict=True)])
 
     def _check_size(self, count: int) -> None:
         if count > self._max_batch:
             raise RequestTooLargeError(f"{count} requests; at most {self._max_batch} per batch",
                                        field="requests")
 
-    def _remember_batch(self, raw: bytes, done: list[_Done], call: _Call, minimum: int) -> None:
+    def _remember_batch(self, raw: bytes, requests: list[Request], decisions: list[Decision],
+                        call: _Call, minimum: int) -> None:
         """Keep a batch without service tokens as known, when every decision was cached."""
-        if (0 < len(done) <= KNOWN_MAX_ITEMS and len(raw) <= KNOWN_MAX_BYTES
-                and all(d.decision.cached for d in done)):
-            self._remember(raw, _Known(call.ip, tuple(d.request for d in done), minimum))
+        if (0 < len(requests) <= KNOWN_MAX_ITEMS and len(raw) <= KNOWN_MAX_BYTES
+                and all(d.cached for d in decisions)):
+            self._remember(raw, _Known(call.ip, tuple(requests), minimum))
 
     def _remember(self, raw: bytes, known: _Known) -> None:
         if len(self._known) >= KNOWN_MAX:
@@ -405,16 +428,8 @@ class AuthorizationService:
 
     def _event(self, done: _Done, call: _Call) -> Event:
         """The audit event of one decision."""
-        req, decision = done.request, done.decision
-        subject, resource = req.subject, req.resource
-        return Event(  # by position (see Event): type, time, severity, actor, peer, outcome,
-            EventType.DECISION, call.now, Severity.INFO, call.peer.identity, call.address,
-            "allow" if decision.effect is Effect.ALLOW else "deny",
-            DecisionDetails((  # details, in DECISION_KEYS order
-                subject.id, subject.type, req.action.name, resource.type, resource.id,
-                decision.rule_id, decision.bundle_version, decision.reason, decision.cached,
-                done.decision_id)),
-            done.decision_id)  # event_id
+        return _decision_event(done.request, done.decision, done.decision_id,
+                               call.peer.identity, call.address, call.now)
 
     def _record(self, events: list[Event]) -> bool:
         """Queue the decisions' audit events (all or none); False when the trail refused
@@ -478,6 +493,20 @@ class AuthorizationService:
             with contextlib.suppress(AuditUnavailableError):  # the decision is a DENY anyway
                 self._events.emit(event)
             return None, exc
+
+
+def _decision_event(req: Request, decision: Decision, decision_id: str, identity: str,
+                    address: str, now: float) -> Event:
+    """The audit event of one decision, answered to ``identity`` at ``address``."""
+    subject, resource = req.subject, req.resource
+    return Event(  # by position (see Event): type, time, severity, actor, peer, outcome,
+        EventType.DECISION, now, Severity.INFO, identity, address,
+        "allow" if decision.effect is Effect.ALLOW else "deny",
+        DecisionDetails((  # details, in DECISION_KEYS order
+            subject.id, subject.type, req.action.name, resource.type, resource.id,
+            decision.rule_id, decision.bundle_version, decision.reason, decision.cached,
+            decision_id)),
+        decision_id)  # event_id
 
 
 def _not_a(message: str, exc: DecodeError) -> RequestError:

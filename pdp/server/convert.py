@@ -13,6 +13,7 @@ from google.protobuf import struct_pb2
 
 from pdp.errors import RequestError
 from pdp.policy import Action, Decision, Effect, Request, Resource, Subject
+from pdp.server._wire import encode_answers
 from pdp_client._proto import authorization_pb2 as pb
 
 if TYPE_CHECKING:
@@ -246,15 +247,27 @@ def decision_to_pb(decision: Decision, decision_id: str) -> pb.AuthorizeResponse
 # --- answers encoded by hand -----------------------------------------------------------------
 # An AuthorizeResponse is a handful of fields, most of which repeat from call to call (the
 # decision, its rule, bundle version and reason); only the decision id is new each time.
-# Building a message and serializing it cost ~1.2 µs a decision on the hot path; the bytes
-# here cost a fraction, and are the bytes SerializeToString gives (tests/server/
-# test_answer_encoding.py holds them to it). Field numbers: proto/pdp/v1/authorization.proto.
+# Building a message and serializing it cost ~1.2 µs a decision on the hot path. Here the
+# bytes of the repeating fields are kept per decision object (the engine answers with one
+# object per rule), and pdp.server._wire.encode_answers (C) joins them with each decision
+# id: for a batch of 100, 0.93 -> ~0.1 µs a decision. The bytes are the ones
+# SerializeToString gives (tests/server/test_answer_encoding.py holds them to it). Field
+# numbers: proto/pdp/v1/authorization.proto.
 
 _DECISION_ALLOW = b"\x08\x01"  # field 1 (decision), varint 1; DENY (0) is left out
 _CACHED = b"\x30\x01"  # field 6 (cached), true; false is left out
-_DECISION_ID = 0x2A  # field 5, length-delimited
-_HEADS: dict[tuple[bool, str, str, str], bytes] = {}  # fields 1-4 of each decision seen
-_MAX_HEADS = 4096  # reasons may quote an evaluation error: bounded
+# id(decision) -> (decision, its fields 1-4, its field 6). The entry keeps its decision
+# alive, so an id found here is that decision's; the encoder checks the object too.
+_ENTRIES: dict[int, tuple[Decision, bytes, bytes]] = {}
+_MAX_ENTRIES = 4096  # a decision object per rule, and per evaluation error: bounded
+
+
+def _text(tag: int, text: str) -> bytes:
+    """A length-delimited string field; nothing for the empty string (proto3)."""
+    if not text:
+        return b""
+    data = text.encode()
+    return bytes((tag,)) + _varint(len(data)) + data
 
 
 def _varint(value: int) -> bytes:
@@ -266,43 +279,23 @@ def _varint(value: int) -> bytes:
     return bytes(out)
 
 
-def _text(tag: int, text: str) -> bytes:
-    """A length-delimited string field; nothing for the empty string (proto3)."""
-    if not text:
-        return b""
-    data = text.encode()
-    return bytes((tag,)) + _varint(len(data)) + data
-
-
-def _head(key: tuple[bool, str, str, str]) -> bytes:
-    allowed, rule_id, bundle_version, reason = key
-    head = ((_DECISION_ALLOW if allowed else b"") + _text(0x12, rule_id)
-            + _text(0x1A, bundle_version) + _text(0x22, reason))
-    if len(_HEADS) >= _MAX_HEADS:
-        _HEADS.clear()  # old bundles' and one-off reasons; rebuilt on demand
-    _HEADS[key] = head
-    return head
+def _entry(decision: Decision) -> tuple[Decision, bytes, bytes]:
+    """The encoder's entry for ``decision``, made and kept (see _ENTRIES)."""
+    head = ((_DECISION_ALLOW if decision.effect is Effect.ALLOW else b"")
+            + _text(0x12, decision.rule_id) + _text(0x1A, decision.bundle_version)
+            + _text(0x22, decision.reason))
+    entry = (decision, head, _CACHED if decision.cached else b"")
+    if len(_ENTRIES) >= _MAX_ENTRIES:
+        _ENTRIES.clear()  # old bundles' decisions and one-off errors; rebuilt on demand
+    _ENTRIES[id(decision)] = entry
+    return entry
 
 
 def encode_response(decision: Decision, decision_id: str) -> bytes:
     """The serialized AuthorizeResponse for an engine decision (no explanation)."""
-    key = (decision.effect is Effect.ALLOW, decision.rule_id, decision.bundle_version,
-           decision.reason)
-    head = _HEADS.get(key)
-    if head is None:
-        head = _head(key)
-    ident = decision_id.encode()
-    size = len(ident)
-    return b"".join((head, bytes((_DECISION_ID, size)) if size < 0x80
-                     else bytes((_DECISION_ID,)) + _varint(size),
-                     ident, _CACHED if decision.cached else b""))
+    return encode_answers([decision], [decision_id], _ENTRIES, _entry, False)
 
 
-def encode_batch(answers: list[bytes]) -> bytes:
-    """The serialized AuthorizeBatchResponse of serialized AuthorizeResponses, in order."""
-    parts = []
-    for answer in answers:  # field 1 (responses), length-delimited, once per answer
-        size = len(answer)
-        parts.append(bytes((0x0A, size)) if size < 0x80 else b"\x0a" + _varint(size))
-        parts.append(answer)
-    return b"".join(parts)
+def encode_batch(decisions: list[Decision], decision_ids: list[str]) -> bytes:
+    """The serialized AuthorizeBatchResponse of these decisions and their ids, in order."""
+    return encode_answers(decisions, decision_ids, _ENTRIES, _entry, True)
