@@ -209,10 +209,21 @@ def decoded_request(decoded: Decoded, defaults: Defaults | None, *,
     """:func:`to_policy_request` for a decoded request without a service token."""
     subject, action, resource, context = decoded[0], decoded[1], decoded[2], decoded[3]
     if defaults is None:  # Authorize, and batch items without defaults: the hot path
+        # The converters below inlined: 0.5 µs of the ~2 a request's objects cost.
+        stype, sid, sprops = subject or _NO_ENTITY
+        name, aprops = action or _NO_ACTION
+        rtype, rid, rprops = resource or _NO_ENTITY
+        if (not stype or not sid or not name or not rtype or len(stype) > MAX_ID_LENGTH
+                or len(sid) > MAX_ID_LENGTH or len(name) > MAX_ID_LENGTH
+                or len(rtype) > MAX_ID_LENGTH or len(rid) > MAX_ID_LENGTH):
+            # A fault: raised by the converters, in their order, with their message.
+            _subject_of(stype, sid, None, "")
+            _action_of(name, None, "")
+            _resource_of(rtype, rid, None, "")
         return Request(
-            _subject_of(*(subject or _NO_ENTITY), ""),
-            _action_of(*(action or _NO_ACTION), ""),
-            _resource_of(*(resource or _NO_ENTITY), ""),
+            Subject(stype, sid, EMPTY if sprops is None else sprops),
+            Action(name, EMPTY if aprops is None else aprops),
+            Resource(rtype, rid, EMPTY if rprops is None else rprops),
             EMPTY if context is None else context,
             peer_ip)
     return Request(
