@@ -267,10 +267,14 @@ def decision_to_pb(decision: Decision, decision_id: str) -> pb.AuthorizeResponse
 
 _DECISION_ALLOW = b"\x08\x01"  # field 1 (decision), varint 1; DENY (0) is left out
 _CACHED = b"\x30\x01"  # field 6 (cached), true; false is left out
-# id(decision) -> (decision, its fields 1-4, its field 6). The entry keeps its decision
-# alive, so an id found here is that decision's; the encoder checks the object too.
+# Fields 1-4 by what they say, and each decision object's entry for the encoder:
+# id(decision) -> (decision, its fields 1-4, its field 6). An entry keeps its decision
+# alive, so an id found here is that decision's (the encoder checks the object too).
+# Decisions made per call (a quarantine, an evaluation error, a refused audit) each add an
+# entry; their bytes still come from _HEADS, so a clear costs a lookup per decision.
+_HEADS: dict[tuple[bool, str, str, str], bytes] = {}
 _ENTRIES: dict[int, tuple[Decision, bytes, bytes]] = {}
-_MAX_ENTRIES = 4096  # a decision object per rule, and per evaluation error: bounded
+_MAX_ENTRIES = 4096  # each memo: reasons may quote an evaluation error, so bounded
 
 
 def _text(tag: int, text: str) -> bytes:
@@ -292,12 +296,18 @@ def _varint(value: int) -> bytes:
 
 def _entry(decision: Decision) -> tuple[Decision, bytes, bytes]:
     """The encoder's entry for ``decision``, made and kept (see _ENTRIES)."""
-    head = ((_DECISION_ALLOW if decision.effect is Effect.ALLOW else b"")
-            + _text(0x12, decision.rule_id) + _text(0x1A, decision.bundle_version)
-            + _text(0x22, decision.reason))
+    key = (decision.effect is Effect.ALLOW, decision.rule_id, decision.bundle_version,
+           decision.reason)
+    head = _HEADS.get(key)
+    if head is None:
+        head = ((_DECISION_ALLOW if key[0] else b"") + _text(0x12, decision.rule_id)
+                + _text(0x1A, decision.bundle_version) + _text(0x22, decision.reason))
+        if len(_HEADS) >= _MAX_ENTRIES:
+            _HEADS.clear()  # old bundles' and one-off reasons; rebuilt on demand
+        _HEADS[key] = head
     entry = (decision, head, _CACHED if decision.cached else b"")
     if len(_ENTRIES) >= _MAX_ENTRIES:
-        _ENTRIES.clear()  # old bundles' decisions and one-off errors; rebuilt on demand
+        _ENTRIES.clear()  # old bundles' decisions and one-off ones; rebuilt on demand
     _ENTRIES[id(decision)] = entry
     return entry
 

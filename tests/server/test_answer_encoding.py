@@ -47,10 +47,12 @@ def test_a_batch_answer_is_the_bytes_of_the_generated_message(
 def test_the_memo_of_repeated_fields_is_bounded(monkeypatch: pytest.MonkeyPatch) -> None:
     """Reasons can quote an evaluation error: one-off decisions must not grow it forever."""
     monkeypatch.setattr(convert, "_ENTRIES", {})
+    monkeypatch.setattr(convert, "_HEADS", {})
     for n in range(convert._MAX_ENTRIES * 2 + 5):
         decision = Decision(Effect.DENY, "r", "v1", f"evaluation error {n}")
         assert encode_response(decision, "id") == decision_to_pb(decision, "id").SerializeToString()
         assert len(convert._ENTRIES) <= convert._MAX_ENTRIES
+        assert len(convert._HEADS) <= convert._MAX_ENTRIES
 
 
 def test_an_entry_is_used_only_for_its_own_decision_object(
