@@ -13,7 +13,8 @@ FROM python:3.11-slim-bookworm AS builder
 ENV PIP_NO_CACHE_DIR=1 \
     PIP_DISABLE_PIP_VERSION_CHECK=1
 WORKDIR /src
-# A C compiler for the request decoder (pdp/server/_wire.c), in this stage only.
+# A C compiler for the C modules (setup.py: the request decoder and answer encoder, the
+# JSON loader hook, the cache doorkeeper), in this stage only.
 # hadolint ignore=DL3008
 RUN apt-get update \
     && apt-get install -y --no-install-recommends gcc libc6-dev \
