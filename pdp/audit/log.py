@@ -36,7 +36,7 @@ from pdp.audit.records import (
 from pdp.audit.verify import parse_record
 from pdp.clock import Clock
 from pdp.errors import AuditError, AuditUnavailableError
-from pdp.events import Event, EventType, new_event_id
+from pdp.events import DecisionCall, Event, EventType, new_event_id
 
 __all__ = ["RETRY_INTERVAL", "AuditCorruptError", "AuditLog", "NullAuditLog", "create_audit_log"]
 
@@ -151,17 +151,20 @@ class AuditLog:
         AuditUnavailableError (having kept none) when they cannot all be kept.
 
         Decisions of one call (one caller, address and time, as AuthorizeBatch's) are
-        written as one ``decision.batch`` record; others one record each."""
-        if any(e.type is not EventType.DECISION for e in events):
+        written as one ``decision.batch`` record; others one record each. A DecisionCall
+        (the server's) is queued as it is, its records formatted by the writer thread."""
+        call = type(events) is DecisionCall  # one call's decisions, by construction
+        if not call and any(e.type is not EventType.DECISION for e in events):
             raise ValueError("emit_all takes decision events only")
         if self._sampling:
             events = [e for e in events
                       if not (e.outcome == "allow" and self._sampled_out(e))]
+            call = False
         count = len(events)
         pending = self._pending
         if (self.healthy and self._accepting
                 and len(pending) + self._extra + count <= self._queue_size):
-            if count > 1 and _one_call(events):
+            if count > 1 and (call or _one_call(events)):
                 self._extra += count - 1
                 pending.append(DecisionBatch(events))
             else:

@@ -18,7 +18,8 @@ from operator import itemgetter
 from pathlib import Path
 from typing import Any, Protocol
 
-from pdp.events import DECISION_KEYS, DecisionDetails, EventType
+from pdp.events import DECISION_KEYS, DecisionCall, DecisionDetails, EventType, Severity
+from pdp.policy.model import Effect
 
 __all__ = [
     "GENESIS",
@@ -235,9 +236,15 @@ class DecisionBatch:
     __slots__ = ("actor", "event_id", "events", "peer", "severity", "time")
     type = EventType.DECISION_BATCH
 
-    def __init__(self, events: Sequence[EventView]) -> None:
+    def __init__(self, events: Sequence[EventView] | DecisionCall) -> None:
         if not events:
             raise ValueError("a decision batch needs at least one decision")
+        if type(events) is DecisionCall:  # the server's: kept as it is, read by _format_batch
+            self.events: Sequence[EventView] = events
+            self.severity: str = Severity.INFO  # decision_event's
+            self.time, self.actor, self.peer = events.time, events.actor, events.peer
+            self.event_id = events.idents[0]
+            return
         self.events = tuple(events)
         first = self.events[0]  # the call's: every decision shares them
         self.time, self.severity, self.actor = first.time, first.severity, first.actor
@@ -245,7 +252,9 @@ class DecisionBatch:
 
     @property
     def outcome(self) -> str:
-        outcomes = {e.outcome for e in self.events}
+        events = self.events
+        outcomes = set(events.outcomes() if type(events) is DecisionCall
+                       else (e.outcome for e in events))
         return outcomes.pop() if len(outcomes) == 1 else "mixed"
 
     @property
@@ -263,34 +272,18 @@ def _format_batch(batch: DecisionBatch, seq: int, prev: str) -> tuple[bytes, str
     if type(moment) is not float or not 0.0 <= moment < _FAST_TIME_LIMIT or type(seq) is not int:
         return _format_event(batch, seq, prev)
     E = _json_string
-    entries = []
     try:
-        for event in events:
-            details: Any = event.details
-            if type(details) is not DecisionDetails:
-                return _format_event(batch, seq, prev)
-            row = details.row
-            if type(row) is not tuple or len(row) != _DECISION_KEY_COUNT:
-                return _format_event(batch, seq, prev)
-            (action, version, cached, decision_id, reason, resource_id, resource_type, rule_id,
-             subject, subject_type) = _row_values(row)
-            cached_text = _json_bool(cached)
-            if cached_text is None:
-                return _format_event(batch, seq, prev)
-            # As for single records, the JSON of what repeats is built once per shape.
-            shape = (action, version, cached_text, event.outcome, reason, resource_type,
-                     rule_id, subject, subject_type)
-            parts = _entries.get(shape)
-            if parts is None:
-                parts = _entry_parts(shape)
-                if len(_entries) >= _SHAPES_MAX:
-                    _entries.clear()
-                _entries[shape] = parts
-            entries.append(f"{parts[0]}{E(decision_id)}{parts[1]}{E(resource_id)}{parts[2]}")
+        if type(events) is DecisionCall:
+            made = _call_entries(events)
+        else:
+            made = _event_entries(events), batch.outcome
+        entries, outcome = made
+        if entries is None:
+            return _format_event(batch, seq, prev)
         head = (
             f'{{"actor":{E(batch.actor)},"details":{{"count":{len(events)},'
             f'"decisions":[{",".join(entries)}]}},"event_id":{E(batch.event_id)},'
-            f'"outcome":{E(batch.outcome)},"peer":{E(batch.peer)},"prev":{E(prev)},'
+            f'"outcome":{E(outcome)},"peer":{E(batch.peer)},"prev":{E(prev)},'
             f'"seq":{seq},"severity":{E(str(batch.severity))},"time":"'
         )
     except (TypeError, AttributeError):  # a value that is not a string, details of no row
@@ -300,6 +293,67 @@ def _format_batch(batch: DecisionBatch, seq: int, prev: str) -> tuple[bytes, str
     core = f'{head}{_stamp(moment)}","type":"decision.batch"'
     digest = _sha256((core + "}").encode()).hexdigest()
     return f'{core},"hash":"{digest}"}}\n'.encode(), digest
+
+
+def _entry(shape: tuple[Any, ...], decision_id: str, resource_id: str) -> str:
+    """The JSON of one decision of a batch record: what repeats (``shape``: see
+    _entry_parts) built once per shape and kept, the ids encoded per decision. Raises
+    TypeError when a value is not a string."""
+    parts = _entries.get(shape)
+    if parts is None:
+        parts = _entry_parts(shape)
+        if len(_entries) >= _SHAPES_MAX:
+            _entries.clear()
+        _entries[shape] = parts
+    E = _json_string
+    return f"{parts[0]}{E(decision_id)}{parts[1]}{E(resource_id)}{parts[2]}"
+
+
+def _event_entries(events: Sequence[EventView]) -> list[str] | None:
+    """The JSON of each decision event of a batch record; None when one is not of the
+    server's shape (then format_fields writes the record)."""
+    entries = []
+    for event in events:
+        details: Any = event.details
+        if type(details) is not DecisionDetails:
+            return None
+        row = details.row
+        if type(row) is not tuple or len(row) != _DECISION_KEY_COUNT:
+            return None
+        (action, version, cached, decision_id, reason, resource_id, resource_type, rule_id,
+         subject, subject_type) = _row_values(row)
+        cached_text = _json_bool(cached)
+        if cached_text is None:
+            return None
+        entries.append(_entry((action, version, cached_text, event.outcome, reason,
+                               resource_type, rule_id, subject, subject_type),
+                              decision_id, resource_id))
+    return entries
+
+
+def _call_entries(call: DecisionCall) -> tuple[list[str] | None, str]:
+    """The JSON of each decision of a DecisionCall, read from its requests and decisions
+    (the values decision_event would put in each event's details), and the record's
+    outcome; (None, "") when a cached flag is not a bool."""
+    entries = []
+    allows = 0
+    for request, decision, ident in zip(call.requests, call.decisions, call.idents,
+                                        strict=True):
+        cached: object = decision.cached  # a bool, unless a caller built it otherwise
+        cached_text = "true" if cached is True else "false" if cached is False else None
+        if cached_text is None:
+            return None, ""
+        if decision.effect is _ALLOW:
+            outcome = "allow"
+            allows += 1
+        else:
+            outcome = "deny"
+        subject, resource = request.subject, request.resource
+        entries.append(_entry((request.action.name, decision.bundle_version, cached_text,
+                               outcome, decision.reason, resource.type, decision.rule_id,
+                               subject.id, subject.type), ident, resource.id))
+    outcome = "allow" if allows == len(entries) else "deny" if not allows else "mixed"
+    return entries, outcome
 
 
 def _format_event(event: EventView, seq: int, prev: str) -> tuple[bytes, str]:
@@ -365,6 +419,7 @@ _row_values = itemgetter(*(DECISION_KEYS.index(key) for key in _DECISION_KEYS))
 _DECISION_KEY_COUNT = len(_DECISION_KEYS)
 _STR_KEYS = [str] * _DECISION_KEY_COUNT  # the type of each key: str() of them is themselves
 _DECISION = EventType.DECISION
+_ALLOW = Effect.ALLOW
 _sha256 = hashlib.sha256
 # Timestamps the fast path formats itself: 1970 up to (not including) the year 3000.
 _FAST_TIME_LIMIT = 32503680000.0

@@ -16,7 +16,7 @@ from pdp.clock import Clock
 from pdp.detect._alerts import Alert, AlertSink
 from pdp.detect._config import DetectionConfig
 from pdp.detect._detectors import RELEVANT_TYPES, Detector, Hit, build_detectors
-from pdp.events import Event, EventType
+from pdp.events import DecisionCall, Event, EventType
 
 __all__ = ["DetectionPipeline", "DetectionStats", "QuarantineFn"]
 
@@ -148,13 +148,14 @@ class DetectionPipeline:
         """Queue a batch's decision events; never blocks and never raises (as emit).
 
         They are queued as one item, all or (when the queue has no room for all) one by one
-        as by :meth:`emit`."""
+        as by :meth:`emit`. A DecisionCall (the server's) is queued as it is: the worker
+        builds an Event only for a decision a detector must see one by one."""
         queue = self._queue
         count = len(events)
         if self._accepting and len(queue) + self._extra + count <= self._queue_size:
             if count > 1:
                 self._extra += count - 1
-                queue.append(tuple(events))
+                queue.append(events if type(events) is DecisionCall else tuple(events))
             elif count:
                 queue.append(events[0])
             return
@@ -249,7 +250,7 @@ class DetectionPipeline:
                     done = 0
                     item.set()
                     continue
-                if type(item) is tuple:  # one AuthorizeBatch call's decisions
+                if type(item) is tuple or type(item) is DecisionCall:  # a batch's decisions
                     self._extra -= len(item) - 1
                     self._process_batch(item)
                     done += len(item)
@@ -284,13 +285,26 @@ class DetectionPipeline:
                 with self._lock:
                     self._detector_errors += 1
 
-    def _process_batch(self, events: tuple[Event, ...]) -> None:
+    def _process_batch(self, events: tuple[Event, ...] | DecisionCall) -> None:
         """:meth:`_process` of each event in order, except that each run of allows of one
         time is counted at once where the detectors that see allows can (the same counts)."""
         counters, process = self._allow_counters, self._process
         if counters is None:
             for event in events:
                 process(event)
+            return
+        if type(events) is DecisionCall:  # one time: its allows counted between its denies
+            run = 0
+            for index, outcome in enumerate(events.outcomes()):
+                if outcome == "allow":
+                    run += 1
+                    continue
+                if run:
+                    self._count_allows(counters, events.time, run)
+                    run = 0
+                process(events[index])  # an Event for a deny only
+            if run:
+                self._count_allows(counters, events.time, run)
             return
         run, at = 0, 0.0
         for event in events:

@@ -28,7 +28,7 @@ from pdp.errors import (
     StaleReplicaError,
     TokenError,
 )
-from pdp.events import DecisionDetails, Event, EventType, Severity
+from pdp.events import DecisionCall, Event, EventType, Severity, decision_event
 from pdp.policy import Decision, Effect, PolicyEngine, Request
 from pdp.policy.shadow import ShadowEvaluator
 from pdp.security.identity import Peer
@@ -255,19 +255,22 @@ class AuthorizationService:
 
     def _answer_batch(self, done: list[_Done], call: _Call) -> tuple[bytes, int]:
         """Audit a batch's decisions at once (all or none) and answer them in order."""
-        event = self._event
-        return self._answered([event(d, call) for d in done], [d.decision for d in done],
-                              [d.decision_id for d in done], call, lambda: done)
+        return self._answered(
+            DecisionCall(call.peer.identity, call.address, call.now, [d.request for d in done],
+                         [d.decision for d in done], [d.decision_id for d in done]),
+            call, lambda: done)
 
-    def _answered(self, events: list[Event], decisions: list[Decision], idents: list[str],
-                  call: _Call, done: Callable[[], list[_Done]]) -> tuple[bytes, int]:
-        """Hand a batch's audit events over (all or none) and answer its decisions; ``done``
-        gives them as _Done when there is more to do (a refusal, a shadow, metrics)."""
-        recorded = self._record(events)
+    def _answered(self, batch: DecisionCall, call: _Call,
+                  done: Callable[[], list[_Done]]) -> tuple[bytes, int]:
+        """Hand a batch's decisions to the audit trail (all or none) and the detectors, and
+        answer them; ``done`` gives them as _Done when there is more to do (a refusal, a
+        shadow, metrics)."""
+        recorded = self._record(batch)
         shadow = self.shadow
+        idents = batch.idents
         if recorded and (shadow is None or shadow.policy is None) and not self._metering:
             # nothing to change, compare or count: the answers as decided
-            return encode_batch(decisions, idents), len(decisions)
+            return encode_batch(batch.decisions, idents), len(idents)
         final = self._final
         return encode_batch([final(d, call, recorded) for d in done()], idents), len(idents)
 
@@ -295,7 +298,7 @@ class AuthorizationService:
                         call: _Call) -> tuple[bytes, int]:
         """:meth:`_decide_batch` for a batch without service tokens, read by the C decoder:
         the same checks in the same order, the same errors. The hot loop of a batch: each
-        item's Request, decision, id and audit event in one pass."""
+        item's Request, decision and id in one pass."""
         head, items = decoded
         self._check_size(len(items))
         defaults = decoded_defaults(head) if head is not None else None
@@ -304,11 +307,9 @@ class AuthorizationService:
         self._check_fresh(minimum)
         decide, now, ip = self._engine.decide, call.now, call.ip
         prefix, ids, metering = self._id_prefix, self._ids, self._metering
-        identity, address = call.peer.identity, call.address
         requests: list[Request] = []
         decisions: list[Decision] = []
         idents: list[str] = []
-        events: list[Event] = []
         starts: list[float] = []
         for i, item in enumerate(items):
             if metering:
@@ -317,14 +318,12 @@ class AuthorizationService:
                 req = decoded_request(item, defaults, peer_ip=ip)
             except RequestError as exc:
                 raise RequestError(exc.message, field=f"requests[{i}].{exc.field}") from None
-            decision = decide(req, now=now)
-            ident = f"{prefix}-{next(ids)}"
             requests.append(req)
-            decisions.append(decision)
-            idents.append(ident)
-            events.append(_decision_event(req, decision, ident, identity, address, now))
+            decisions.append(decide(req, now=now))
+            idents.append(f"{prefix}-{next(ids)}")
         self._remember_batch(raw, requests, decisions, call, minimum)
-        return self._answered(events, decisions, idents, call, lambda: [
+        batch = DecisionCall(call.peer.identity, call.address, now, requests, decisions, idents)
+        return self._answered(batch, call, lambda: [
             _Done(r, d, x, (), True, s)
             for r, d, x, s in zip(requests, decisions, idents, starts or [0.0] * len(idents),
                                   strict=True)])
@@ -428,10 +427,10 @@ class AuthorizationService:
 
     def _event(self, done: _Done, call: _Call) -> Event:
         """The audit event of one decision."""
-        return _decision_event(done.request, done.decision, done.decision_id,
-                               call.peer.identity, call.address, call.now)
+        return decision_event(done.request, done.decision, done.decision_id,
+                              call.peer.identity, call.address, call.now)
 
-    def _record(self, events: list[Event]) -> bool:
+    def _record(self, events: Sequence[Event]) -> bool:
         """Queue the decisions' audit events (all or none); False when the trail refused
         them."""
         try:
@@ -493,20 +492,6 @@ class AuthorizationService:
             with contextlib.suppress(AuditUnavailableError):  # the decision is a DENY anyway
                 self._events.emit(event)
             return None, exc
-
-
-def _decision_event(req: Request, decision: Decision, decision_id: str, identity: str,
-                    address: str, now: float) -> Event:
-    """The audit event of one decision, answered to ``identity`` at ``address``."""
-    subject, resource = req.subject, req.resource
-    return Event(  # by position (see Event): type, time, severity, actor, peer, outcome,
-        EventType.DECISION, now, Severity.INFO, identity, address,
-        "allow" if decision.effect is Effect.ALLOW else "deny",
-        DecisionDetails((  # details, in DECISION_KEYS order
-            subject.id, subject.type, req.action.name, resource.type, resource.id,
-            decision.rule_id, decision.bundle_version, decision.reason, decision.cached,
-            decision_id)),
-        decision_id)  # event_id
 
 
 def _not_a(message: str, exc: DecodeError) -> RequestError:

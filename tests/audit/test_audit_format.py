@@ -21,7 +21,8 @@ from pdp.audit.records import (
     record_hash,
 )
 from pdp.audit.verify import parse_record
-from pdp.events import Event, EventType, Severity
+from pdp.events import DecisionCall, Event, EventType, Severity
+from pdp.policy import Action, Decision, Effect, Request, Resource, Subject
 
 # The server's decision details (a Mapping over a tuple), where pdp.events has them.
 ROW_DETAILS: Any = getattr(pdp.events, "DecisionDetails", None)
@@ -312,3 +313,43 @@ def test_batch_records_with_repeating_shapes_are_generic_byte_for_byte(
                 event_id=fields["decision_id"],
                 details=ROW_DETAILS(tuple(fields[key] for key in pdp.events.DECISION_KEYS))))
         check(DecisionBatch(events), b + 1, "0" * 64)
+
+
+CALL_FIELDS = ("subject", "subject_type", "action", "resource_type", "resource_id", "rule_id",
+               "bundle_version", "reason", "decision_id")
+
+
+@PROPERTY
+@given(
+    rows=st.lists(st.tuples(st.fixed_dictionaries({k: clean for k in CALL_FIELDS}),
+                            st.one_of(st.booleans(), cached), st.sampled_from(list(Effect))),
+                  min_size=1, max_size=5),
+    actor=clean, peer=clean, moment=st.one_of(edge_time, times),
+    seq=st.integers(0, 2**40), prev=st.one_of(st.just("0" * 64), any_text),
+    poison=st.one_of(st.none(), st.tuples(st.sampled_from([*CALL_FIELDS, "actor", "peer"]),
+                                          tricky)),
+)
+def test_a_calls_batch_record_is_the_generic_record_byte_for_byte(
+    rows: list[tuple[dict[str, str], Any, Effect]], actor: str, peer: str, moment: float,
+    seq: int, prev: str, poison: tuple[str, str] | None,
+) -> None:
+    """The server hands a batch's decisions over as a DecisionCall (requests, decisions and
+    ids, no events): its record, written from those by hand, is the record format_fields
+    writes for its events, and the record of the same events handed over as events."""
+    requests, decisions, idents = [], [], []
+    for n, (values, cached_value, effect) in enumerate(rows):
+        fields = {**values, "actor": actor, "peer": peer}
+        if poison is not None and n == len(rows) - 1:
+            fields[poison[0]] = poison[1]
+            actor, peer = fields["actor"], fields["peer"]
+        requests.append(Request(Subject(fields["subject_type"], fields["subject"]),
+                                Action(fields["action"]),
+                                Resource(fields["resource_type"], fields["resource_id"])))
+        decisions.append(Decision(effect, fields["rule_id"], fields["reason"],
+                                  fields["bundle_version"], cached_value))
+        idents.append(fields["decision_id"])
+    call = DecisionCall(actor, peer, moment, requests, decisions, idents)
+    check(DecisionBatch(call), seq, prev)
+    as_call = outcome_of(lambda: format_record(DecisionBatch(call), seq=seq, prev=prev))
+    as_events = outcome_of(lambda: format_record(DecisionBatch(list(call)), seq=seq, prev=prev))
+    assert as_call == as_events

@@ -18,7 +18,8 @@ from pdp.audit.records import GENESIS, DecisionBatch, canonical, record_hash
 from pdp.clock import FakeClock
 from pdp.configuration import build_section
 from pdp.errors import AuditUnavailableError, ConfigError
-from pdp.events import EventType
+from pdp.events import DecisionCall, EventType
+from pdp.policy import Action, Decision, Effect, Request, Resource, Subject
 
 JWT = (
     "eyJhbGciOiJFZERTQSIsInR5cCI6IkpXVCJ9."
@@ -417,3 +418,51 @@ def test_exported_names_are_exactly_the_intended_ones() -> None:
         "create_audit_log", "verify",
     ]
     assert all(hasattr(pdp.audit, name) for name in pdp.audit.__all__)
+
+
+def _call(effects: str, moment: float = 1_800_000_000.25) -> DecisionCall:
+    """A call's decisions as the server hands them over (a = allow, d = deny)."""
+    n = len(effects)
+    return DecisionCall(
+        "spiffe://t/svc", "ipv4:127.0.0.1:7", moment,
+        [Request(Subject("user", "alice"), Action("read"), Resource("doc", f"d{i}"))
+         for i in range(n)],
+        [Decision(Effect.ALLOW if e == "a" else Effect.DENY, "r1", "why", "1-ab")
+         for e in effects],
+        [f"call-{moment}-{i}" for i in range(n)])
+
+
+def test_a_calls_decisions_are_one_record_kept_whole_or_refused_whole(
+    make_log: Callable[..., AuditLog], tmp_path: Path
+) -> None:
+    """The server's DecisionCall: one decision.batch record of its decisions, read from its
+    lists; refused whole when the queue has no room for all; one decision a plain record."""
+    log = make_log(queue_size=5, batch_max=10_000, flush_interval=60.0)
+    mixed = _call("ada")
+    log.emit_all(mixed)
+    with pytest.raises(AuditUnavailableError, match="queue full"):
+        log.emit_all(_call("aaa", 1.8e9 + 1))  # room for 2 of 3: none kept
+    assert log.queue_depth == 3
+    log.emit_all(_call("d", 1.8e9 + 2))
+    log.close(timeout=10.0)
+    written = records(tmp_path / "audit")
+    assert [(r["type"], r["outcome"]) for r in written] == [
+        ("decision.batch", "mixed"), ("decision", "deny")]
+    first = written[0]
+    assert first["event_id"] == mixed.idents[0] and first["actor"] == "spiffe://t/svc"
+    assert first["details"]["decisions"] == [
+        {**dict(event.details), "outcome": event.outcome} for event in mixed]
+    assert verify_dir(tmp_path / "audit").records == 2
+
+
+def test_sampling_applies_to_each_decision_of_a_call(
+    make_log: Callable[..., AuditLog], tmp_path: Path
+) -> None:
+    log = make_log(sample_allow=0.0)
+    log.emit_all(_call("adad"))
+    log.emit_all(_call("aa", 1.8e9 + 1))  # none left: no record
+    log.close(timeout=10.0)
+    written = records(tmp_path / "audit")
+    assert [(r["type"], r["outcome"], r["details"]["count"]) for r in written] == [
+        ("decision.batch", "deny", 2)]
+    assert log.sampled_out == 4

@@ -19,7 +19,8 @@ from pdp.configuration import build_section
 from pdp.detect import Alert, DetectionConfig, DetectionPipeline
 from pdp.detect._detectors import Detector, build_detectors
 from pdp.detect._windows import BucketedRatio
-from pdp.events import Event, EventType
+from pdp.events import DecisionCall, Event, EventType
+from pdp.policy import Action, Decision, Effect, Request, Resource, Subject
 
 PROPERTY = settings(max_examples=150, deadline=None, suppress_health_check=[HealthCheck.too_slow])
 
@@ -226,3 +227,55 @@ def test_a_detector_that_cannot_count_allows_at_once_sees_each(
     assert seen == list(batch)
     assert made.stats().processed == 5
     made.close()
+
+
+call_strategy = st.lists(
+    st.tuples(st.sampled_from([Effect.ALLOW, Effect.ALLOW, Effect.DENY]),
+              st.sampled_from(["alice", "bob"]),
+              st.sampled_from(["default deny", "quarantined"])),
+    min_size=1, max_size=8)
+
+
+@PROPERTY
+@given(calls=st.lists(st.tuples(call_strategy, st.sampled_from([0.0, 0.4, 1.0, 3.0])),
+                      max_size=20),
+       flush_every=st.integers(1, 5))
+def test_a_calls_decisions_raise_the_same_alerts_as_its_events_one_by_one(
+    calls: list[tuple[list[tuple[Effect, str, str]], float]], flush_every: int,
+) -> None:
+    """The server hands a batch's decisions over as a DecisionCall: the worker counts its
+    allows at once and builds an Event only for each deny; the same alerts, quarantines,
+    counts and state as its events emitted one by one."""
+    clock = FakeClock()
+    made_calls = []
+    for n, (decisions, step) in enumerate(calls):
+        clock.set(clock() + step)
+        made_calls.append(DecisionCall(
+            "spiffe://t/a", "ipv4:10.0.0.1:1", clock(),
+            [Request(Subject("user", s), Action("read"), Resource("doc", "d"))
+             for _, s, _ in decisions],
+            [Decision(e, "r", reason, "1-ab") for e, _, reason in decisions],
+            [f"c{n}-{i}" for i in range(len(decisions))]))
+    runs = []
+    for as_call in (False, True):
+        recorder = Recorder()
+        made = pipeline(FakeClock(clock()), recorder, every_detector=False)
+        made.start()
+        for n, call in enumerate(made_calls):
+            if as_call:
+                made.emit_all(call)
+            else:
+                for event in call:
+                    made.emit(event)
+            if n % flush_every == 0:
+                assert made.flush()
+        assert made.flush()
+        stats = made.stats()
+        ratio = ratio_of(made)
+        runs.append((comparable(recorder.sent), [(s, t) for s, t, _ in recorder.quarantined],
+                     stats.processed, stats.queued, stats.dropped, stats.detector_errors,
+                     stats.tracked_keys, comparable(made.alerts()),
+                     [tuple(b) for b in ratio._buckets], ratio._total, ratio._denies))
+        made.close()
+    assert runs[0] == runs[1]
+    assert runs[1][2] == sum(len(c) for c in made_calls)
