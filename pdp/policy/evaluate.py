@@ -227,6 +227,22 @@ def _binary(op: str, what: str) -> Callable[[Any, Any], bool]:
     return cidr
 
 
+def _attrs_equal(left: Accessor, right: Accessor) -> Cond:
+    """``eq`` of two attributes: json_eq of both values when both are present, with two
+    strings (the usual: an owner and a subject id) compared here, without the call."""
+
+    def equal(r: Request, now: float) -> bool:
+        a = left(r)
+        if type(a) is str:  # json_eq's answer: only a string equals a string
+            return bool(a == right(r))
+        if a is MISSING:
+            return False
+        b = right(r)
+        return b is not MISSING and json_eq(a, b)
+
+    return equal
+
+
 def _fast_literal(op: str, get: Accessor, lit: Any, what: str) -> Cond | None:
     """Hand-made closures for the commonest shapes (attribute vs string literal)."""
     if op == "eq" and isinstance(lit, str):
@@ -418,6 +434,8 @@ def compile_condition(
     fast = None
     if "attr" in cond and not conditions.is_ref(cond[op]):
         fast = _fast_literal(op, left, cond[op], what)
+    elif op == "eq" and "attr" in cond:  # attribute against attribute (owner == subject.id)
+        fast = _attrs_equal(left, right)
     if fast is None:
         test = _binary(op, what)
 

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import json
 import threading
 from datetime import datetime
 
@@ -274,3 +275,33 @@ def test_admission_all_stores_at_once() -> None:
     cache = DecisionCache(admission="all", clock=FakeClock(1_000.0))
     cache.put(("k",), Decision(Effect.ALLOW, "r", "", "v1"))
     assert cache.get(("k",)) is not None
+
+
+def test_cache_keys_hold_each_attribute_read_one_reader_or_several() -> None:
+    """The key holds every attribute a rule reads, with one reader (the short way) and with
+    several: requests that differ in any one of them never share a key."""
+    one = compile_bundle(load_bundle(json.dumps({
+        "metadata": {"name": "k", "revision": "1"},
+        "rules": [{"id": "own", "effect": "allow", "actions": ["read"],
+                   "when": {"attr": "resource.properties.owner", "eq": {"attr": "subject.id"}}}],
+    })), version="v1")
+    several = compile_bundle(load_bundle(json.dumps({
+        "metadata": {"name": "k", "revision": "1"},
+        "rules": [{"id": "both", "effect": "allow", "actions": ["read"],
+                   "when": {"all": [{"attr": "context.a", "eq": 1}, {"attr": "context.b", "eq": 2},
+                                    {"attr": "context.c", "eq": [3]}]}}],
+    })), version="v1")
+
+    def request(owner: object = "alice", **context: object) -> Request:
+        return Request(Subject("user", "alice"), Action("read"),
+                       Resource("doc", "d1", {"owner": owner}), context)
+
+    assert one.cache_key(request()) != one.cache_key(request("bob"))
+    assert one.cache_key(request(True)) != one.cache_key(request(1))
+    assert one.cache_key(request([1])) == one.cache_key(request([1.0]))  # lists are frozen
+    base = {"a": 1, "b": 2, "c": [3]}
+    keys = {several.cache_key(request(**base))}
+    for name, other in (("a", 9), ("b", 9), ("c", [9])):
+        keys.add(several.cache_key(request(**(base | {name: other}))))
+    assert len(keys) == 4
+    assert several.cache_key(request(**base)) == several.cache_key(request(**base))

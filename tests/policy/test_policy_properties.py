@@ -298,3 +298,23 @@ def test_mutated_valid_bundles_give_a_bundle_or_a_bundle_error(rule_list: Any, d
         )
     )
     _loads(text[:pos] + junk + text[pos + 1 :])
+
+
+def test_attribute_equals_attribute_is_json_equality_for_every_pair_of_values() -> None:
+    """``eq`` between two attributes (the compiled fast path compares two strings itself):
+    every pair of values, absent ones included, against the reference's JSON equality
+    (True is not 1, 2 is 2.0, a list is equal item by item)."""
+    engine = PolicyEngine()
+    engine.activate(compile_bundle(make_bundle([{
+        "id": "same", "effect": "allow", "actions": ["read"],
+        "when": {"attr": "subject.properties.level", "eq": {"attr": "context.level"}}}]),
+        version="v"))
+    absent = object()
+    values = [*VALUES, "2", [1, "x"], [True, "x"], absent]
+    for a in values:
+        for b in values:
+            req = Request(Subject("user", "a", {} if a is absent else {"level": a}),
+                          Action("read"), Resource("doc", "a"),
+                          {} if b is absent else {"level": b})
+            expected = a is not absent and b is not absent and _eq(a, b)
+            assert engine.decide(req).allowed is expected, (a, b)
