@@ -295,23 +295,23 @@ def _format_batch(batch: DecisionBatch, seq: int, prev: str) -> tuple[bytes, str
     return f'{core},"hash":"{digest}"}}\n'.encode(), digest
 
 
-def _entry(shape: tuple[Any, ...], decision_id: str, resource_id: str) -> str:
-    """The JSON of one decision of a batch record: what repeats (``shape``: see
-    _entry_parts) built once per shape and kept, the ids encoded per decision. Raises
-    TypeError when a value is not a string."""
+def _parts(shape: tuple[Any, ...]) -> tuple[str, str, str]:
+    """The JSON around the ids of one decision of a batch record of ``shape`` (see
+    _entry_parts): built once per shape and kept. Raises TypeError when a value is not a
+    string."""
     parts = _entries.get(shape)
     if parts is None:
         parts = _entry_parts(shape)
         if len(_entries) >= _SHAPES_MAX:
             _entries.clear()
         _entries[shape] = parts
-    E = _json_string
-    return f"{parts[0]}{E(decision_id)}{parts[1]}{E(resource_id)}{parts[2]}"
+    return parts
 
 
 def _event_entries(events: Sequence[EventView]) -> list[str] | None:
     """The JSON of each decision event of a batch record; None when one is not of the
     server's shape (then format_fields writes the record)."""
+    E = _json_string
     entries = []
     for event in events:
         details: Any = event.details
@@ -325,9 +325,9 @@ def _event_entries(events: Sequence[EventView]) -> list[str] | None:
         cached_text = _json_bool(cached)
         if cached_text is None:
             return None
-        entries.append(_entry((action, version, cached_text, event.outcome, reason,
-                               resource_type, rule_id, subject, subject_type),
-                              decision_id, resource_id))
+        parts = _parts((action, version, cached_text, event.outcome, reason, resource_type,
+                        rule_id, subject, subject_type))
+        entries.append(f"{parts[0]}{E(decision_id)}{parts[1]}{E(resource_id)}{parts[2]}")
     return entries
 
 
@@ -335,23 +335,35 @@ def _call_entries(call: DecisionCall) -> tuple[list[str] | None, str]:
     """The JSON of each decision of a DecisionCall, read from its requests and decisions
     (the values decision_event would put in each event's details), and the record's
     outcome; (None, "") when a cached flag is not a bool."""
-    entries = []
+    E = _json_string
+    entries: list[str] = []
+    append = entries.append
     allows = 0
+    allow = False
+    parts = ("", "", "")
+    # What the last shape was read from: a decision that shares the previous one's decision,
+    # subject and action objects and resource type has its shape (in a batch with defaults,
+    # nearly every one), so its parts are reused without building and looking up the shape.
+    # (Identity of objects the call holds alive: never a stale match.)
+    last: tuple[Any, Any, Any, Any] = (None, None, None, None)
     for request, decision, ident in zip(call.requests, call.decisions, call.idents,
                                         strict=True):
-        cached: object = decision.cached  # a bool, unless a caller built it otherwise
-        cached_text = "true" if cached is True else "false" if cached is False else None
-        if cached_text is None:
-            return None, ""
-        if decision.effect is _ALLOW:
-            outcome = "allow"
+        subject, action, resource = request.subject, request.action, request.resource
+        rtype = resource.type
+        if (decision is not last[0] or subject is not last[1] or action is not last[2]
+                or rtype != last[3]):
+            cached: object = decision.cached  # a bool, unless a caller built it otherwise
+            cached_text = "true" if cached is True else "false" if cached is False else None
+            if cached_text is None:
+                return None, ""
+            allow = decision.effect is _ALLOW
+            parts = _parts((action.name, decision.bundle_version, cached_text,
+                            "allow" if allow else "deny", decision.reason, rtype,
+                            decision.rule_id, subject.id, subject.type))
+            last = (decision, subject, action, rtype)
+        if allow:
             allows += 1
-        else:
-            outcome = "deny"
-        subject, resource = request.subject, request.resource
-        entries.append(_entry((request.action.name, decision.bundle_version, cached_text,
-                               outcome, decision.reason, resource.type, decision.rule_id,
-                               subject.id, subject.type), ident, resource.id))
+        append(f"{parts[0]}{E(ident)}{parts[1]}{E(resource.id)}{parts[2]}")
     outcome = "allow" if allows == len(entries) else "deny" if not allows else "mixed"
     return entries, outcome
 

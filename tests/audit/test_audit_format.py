@@ -353,3 +353,32 @@ def test_a_calls_batch_record_is_the_generic_record_byte_for_byte(
     as_call = outcome_of(lambda: format_record(DecisionBatch(call), seq=seq, prev=prev))
     as_events = outcome_of(lambda: format_record(DecisionBatch(list(call)), seq=seq, prev=prev))
     assert as_call == as_events
+
+
+@PROPERTY
+@given(
+    picks=st.lists(st.tuples(st.integers(0, 2), st.integers(0, 2), st.integers(0, 2),
+                             st.sampled_from(["doc", "img"]), st.integers(0, 3)),
+                   min_size=1, max_size=12),
+    subjects=st.lists(st.tuples(clean, clean), min_size=3, max_size=3),
+    actions=st.lists(clean, min_size=3, max_size=3),
+    decisions=st.lists(st.tuples(st.sampled_from(list(Effect)), clean, clean,
+                                 st.one_of(st.booleans(), cached)), min_size=3, max_size=3),
+)
+def test_a_calls_decisions_sharing_objects_are_written_as_the_generic_record(
+    picks: list[tuple[int, int, int, str, int]], subjects: list[tuple[str, str]],
+    actions: list[str], decisions: list[tuple[Effect, str, str, Any]],
+) -> None:
+    """A call's decisions share their Subject, Action and Decision objects (batch defaults,
+    one decision per rule), and the writer reuses the last one's JSON while they do: every
+    change of any of them, or of the resource type, still gives the generic record."""
+    subject_pool = [Subject(t, i) for t, i in subjects]
+    action_pool = [Action(name) for name in actions]
+    decision_pool = [Decision(e, rule, reason, "1-ab", c) for e, rule, reason, c in decisions]
+    call = DecisionCall(
+        "svc", "ipv4:127.0.0.1:1", 1_800_000_000.5,
+        [Request(subject_pool[s], action_pool[a], Resource(rtype, f"doc-{rid}"))
+         for s, a, _, rtype, rid in picks],
+        [decision_pool[d] for _, _, d, _, _ in picks],
+        [f"p-{n}" for n in range(len(picks))])
+    check(DecisionBatch(call), 7, "0" * 64)
