@@ -27,6 +27,8 @@
  *     properties, context: None (absent) or dict (a google.protobuf.Struct as
  *                          str/float/bool/None/list/dict, as pdp.server.convert reads it)
  *   decode_batch(b) -> (defaults, [request, ...]), defaults None or as decode_request
+ *
+ * batch_requests (below) turns a decoded batch's items into the engine's Requests.
  */
 #define PY_SSIZE_T_CLEAN
 #include <Python.h>
@@ -540,6 +542,158 @@ done:
     return out;
 }
 
+/* --- requests of a batch -------------------------------------------------------------------
+ *
+ * request_types(Resource, resource_fields, Request, request_fields): the engine's classes
+ * that batch_requests builds, with the member descriptors (slots) of their fields, in the
+ * order given (pdp.server.convert registers them once, checked: slotted dataclasses with
+ * exactly those fields and no __post_init__).
+ *
+ * batch_requests(items, subject, action, context, empty, peer_ip, max_length) -> list | None
+ *
+ * The engine's Request of each decoded batch item (decode_batch's) that holds a resource
+ * and neither a subject nor an action, which come from the batch's defaults (``subject``
+ * and ``action``, objects already converted): Request(subject, action, Resource(type, id,
+ * properties, else ``empty``), the item's context, else ``context``, peer_ip). The values
+ * pdp.server.convert.decoded_request gives, without a Python call per object: each object
+ * is made by its class's __new__ and its fields set through their slots, as the
+ * dataclass __init__ sets them. None when any item is of another shape or would be
+ * refused (an empty or too long type, a too long id): the caller converts the batch in
+ * Python, which raises the right error. tests/server/test_wire.py holds the two equal. */
+
+#define RESOURCE_FIELDS 3
+#define REQUEST_FIELDS 5
+
+static PyTypeObject *resource_type = NULL, *request_type = NULL;
+static PyObject *resource_slots[RESOURCE_FIELDS], *request_slots[REQUEST_FIELDS];
+static PyObject *no_args = NULL;
+
+/* The member descriptors of ``names`` (a tuple of ``count``), each a slot of ``cls`` itself,
+ * into ``slots`` (new references); -1 with TypeError, and nothing kept, otherwise. */
+static int slots_of(PyObject *cls, PyObject *names, PyObject **slots, Py_ssize_t count) {
+    if (!PyType_Check(cls) || !PyTuple_Check(names) || PyTuple_GET_SIZE(names) != count) {
+        PyErr_SetString(PyExc_TypeError, "request_types: a class and a tuple of its fields");
+        return -1;
+    }
+    for (Py_ssize_t i = 0; i < count; i++) {
+        PyObject *name = PyTuple_GET_ITEM(names, i);
+        PyObject *slot = PyUnicode_Check(name) ? PyObject_GetAttr(cls, name) : NULL;
+        if (slot == NULL || !PyObject_TypeCheck(slot, &PyMemberDescr_Type) ||
+            PyDescr_TYPE(slot) != (PyTypeObject *)cls) {
+            Py_XDECREF(slot);
+            for (Py_ssize_t j = 0; j < i; j++)
+                Py_CLEAR(slots[j]);
+            PyErr_Clear();
+            PyErr_Format(PyExc_TypeError, "request_types: %R is not a slot of %R", name, cls);
+            return -1;
+        }
+        slots[i] = slot;
+    }
+    return 0;
+}
+
+static PyObject *request_types(PyObject *module, PyObject *const *args, Py_ssize_t nargs) {
+    (void)module;
+    if (nargs != 4) {
+        PyErr_SetString(PyExc_TypeError, "request_types takes 4 arguments");
+        return NULL;
+    }
+    if (no_args == NULL && (no_args = PyTuple_New(0)) == NULL)
+        return NULL;
+    PyObject *resource[RESOURCE_FIELDS], *request[REQUEST_FIELDS];
+    if (slots_of(args[0], args[1], resource, RESOURCE_FIELDS) < 0)
+        return NULL;
+    if (slots_of(args[2], args[3], request, REQUEST_FIELDS) < 0) {
+        for (int i = 0; i < RESOURCE_FIELDS; i++)
+            Py_DECREF(resource[i]);
+        return NULL;
+    }
+    /* Both classes checked: replace the registration whole. */
+    for (int i = 0; i < RESOURCE_FIELDS; i++)
+        Py_XSETREF(resource_slots[i], resource[i]);
+    for (int i = 0; i < REQUEST_FIELDS; i++)
+        Py_XSETREF(request_slots[i], request[i]);
+    Py_XSETREF(resource_type, (PyTypeObject *)Py_NewRef(args[0]));
+    Py_XSETREF(request_type, (PyTypeObject *)Py_NewRef(args[2]));
+    Py_RETURN_NONE;
+}
+
+/* A new instance of ``cls`` with its fields set from ``values`` through ``slots``. */
+static PyObject *made(PyTypeObject *cls, PyObject **slots, PyObject *const *values, int count) {
+    PyObject *obj = cls->tp_new(cls, no_args, NULL);
+    if (obj == NULL)
+        return NULL;
+    for (int i = 0; i < count; i++) {
+        if (Py_TYPE(slots[i])->tp_descr_set(slots[i], obj, values[i]) < 0) {
+            Py_DECREF(obj);
+            return NULL;
+        }
+    }
+    return obj;
+}
+
+static PyObject *batch_requests(PyObject *module, PyObject *const *args, Py_ssize_t nargs) {
+    (void)module;
+    if (nargs != 7 || !PyList_CheckExact(args[0]) || !PyLong_Check(args[6])) {
+        PyErr_SetString(PyExc_TypeError,
+                        "batch_requests(items, subject, action, context, empty, peer_ip, "
+                        "max_length)");
+        return NULL;
+    }
+    if (request_type == NULL) {
+        PyErr_SetString(PyExc_RuntimeError, "batch_requests: request_types() not called");
+        return NULL;
+    }
+    PyObject *items = args[0], *subject = args[1], *action = args[2], *context = args[3];
+    PyObject *empty = args[4], *peer_ip = args[5];
+    Py_ssize_t most = PyLong_AsSsize_t(args[6]);
+    if (most == -1 && PyErr_Occurred())
+        return NULL;
+    if (subject == Py_None || action == Py_None)
+        Py_RETURN_NONE;
+    Py_ssize_t count = PyList_GET_SIZE(items);
+    PyObject *out = PyList_New(count);
+    if (out == NULL)
+        return NULL;
+    for (Py_ssize_t i = 0; i < count; i++) {
+        PyObject *item = PyList_GET_ITEM(items, i);
+        if (!PyTuple_CheckExact(item) || PyTuple_GET_SIZE(item) != 7 ||
+            PyTuple_GET_ITEM(item, 0) != Py_None || PyTuple_GET_ITEM(item, 1) != Py_None)
+            goto other;
+        PyObject *entity = PyTuple_GET_ITEM(item, 2);
+        if (!PyTuple_CheckExact(entity) || PyTuple_GET_SIZE(entity) != 3)
+            goto other;
+        PyObject *kind = PyTuple_GET_ITEM(entity, 0), *ident = PyTuple_GET_ITEM(entity, 1);
+        if (!PyUnicode_CheckExact(kind) || !PyUnicode_CheckExact(ident) ||
+            PyUnicode_GET_LENGTH(kind) == 0 || PyUnicode_GET_LENGTH(kind) > most ||
+            PyUnicode_GET_LENGTH(ident) > most)
+            goto other;
+        PyObject *props = PyTuple_GET_ITEM(entity, 2);
+        PyObject *fields[REQUEST_FIELDS] = {kind, ident, props == Py_None ? empty : props};
+        PyObject *resource = made(resource_type, resource_slots, fields, RESOURCE_FIELDS);
+        if (resource == NULL)
+            goto error;
+        PyObject *own = PyTuple_GET_ITEM(item, 3);
+        fields[0] = subject;
+        fields[1] = action;
+        fields[2] = resource;
+        fields[3] = own == Py_None ? context : own;
+        fields[4] = peer_ip;
+        PyObject *request = made(request_type, request_slots, fields, REQUEST_FIELDS);
+        Py_DECREF(resource);
+        if (request == NULL)
+            goto error;
+        PyList_SET_ITEM(out, i, request); /* steals the reference */
+    }
+    return out;
+other:
+    Py_DECREF(out);
+    Py_RETURN_NONE;
+error:
+    Py_DECREF(out);
+    return NULL;
+}
+
 static PyMethodDef methods[] = {
     {"decode_request", decode_request, METH_O,
      "AuthorizeRequest bytes as a tuple of Python values, or None: parse with protobuf."},
@@ -549,6 +703,11 @@ static PyMethodDef methods[] = {
     {"encode_answers", (PyCFunction)(void (*)(void))encode_answers, METH_FASTCALL,
      "Serialized AuthorizeResponses of (decision, id) pairs, concatenated (framed: as an "
      "AuthorizeBatchResponse)."},
+    {"request_types", (PyCFunction)(void (*)(void))request_types, METH_FASTCALL,
+     "Register the Resource and Request classes batch_requests builds, with their fields."},
+    {"batch_requests", (PyCFunction)(void (*)(void))batch_requests, METH_FASTCALL,
+     "The Requests of a decoded batch whose items take subject and action from its "
+     "defaults, or None: convert it in Python."},
     {NULL, NULL, 0, NULL},
 };
 

@@ -41,6 +41,7 @@ from pdp.server.convert import (
     decision_to_pb,
     decoded_defaults,
     decoded_request,
+    decoded_requests,
     encode_batch,
     encode_response,
     service_token_of,
@@ -297,36 +298,25 @@ class AuthorizationService:
     def _decide_decoded(self, raw: bytes, decoded: tuple[Decoded | None, list[Decoded]],
                         call: _Call) -> tuple[bytes, int]:
         """:meth:`_decide_batch` for a batch without service tokens, read by the C decoder:
-        the same checks in the same order, the same errors. The hot loop of a batch: each
-        item's Request, decision and id in one pass."""
+        the same checks in the same order, the same errors, all raised before any item is
+        decided. The hot path of a batch: its Requests (built in C for the usual shape),
+        then their decisions and ids."""
         head, items = decoded
         self._check_size(len(items))
         defaults = decoded_defaults(head) if head is not None else None
         minimum = max(max((item[6] for item in items), default=0),
                       defaults.min_bundle_sequence if defaults is not None else 0)
         self._check_fresh(minimum)
-        decide, now, ip = self._engine.decide, call.now, call.ip
-        prefix, ids, metering = self._id_prefix, self._ids, self._metering
-        requests: list[Request] = []
-        decisions: list[Decision] = []
-        idents: list[str] = []
-        starts: list[float] = []
-        for i, item in enumerate(items):
-            if metering:
-                starts.append(time.perf_counter())
-            try:
-                req = decoded_request(item, defaults, peer_ip=ip)
-            except RequestError as exc:
-                raise RequestError(exc.message, field=f"requests[{i}].{exc.field}") from None
-            requests.append(req)
-            decisions.append(decide(req, now=now))
-            idents.append(f"{prefix}-{next(ids)}")
+        started = time.perf_counter() if self._metering else 0.0
+        requests = decoded_requests(items, defaults, peer_ip=call.ip)
+        decide, now, prefix, ids = self._engine.decide, call.now, self._id_prefix, self._ids
+        decisions = [decide(req, now=now) for req in requests]
+        idents = [f"{prefix}-{next(ids)}" for _ in requests]
         self._remember_batch(raw, requests, decisions, call, minimum)
         batch = DecisionCall(call.peer.identity, call.address, now, requests, decisions, idents)
         return self._answered(batch, call, lambda: [
-            _Done(r, d, x, (), True, s)
-            for r, d, x, s in zip(requests, decisions, idents, starts or [0.0] * len(idents),
-                                  strict=True)])
+            _Done(r, d, x, (), True, started)
+            for r, d, x in zip(requests, decisions, idents, strict=True)])
 
     def _check_size(self, count: int) -> None:
         if count > self._max_batch:

@@ -6,6 +6,7 @@ checked as they are converted; a fault is a RequestError naming the field.
 
 from __future__ import annotations
 
+import dataclasses
 from collections.abc import Mapping
 from typing import TYPE_CHECKING, Any, NamedTuple
 
@@ -13,7 +14,7 @@ from google.protobuf import struct_pb2
 
 from pdp.errors import RequestError
 from pdp.policy import Action, Decision, Effect, Request, Resource, Subject
-from pdp.server._wire import encode_answers
+from pdp.server._wire import batch_requests, encode_answers, request_types
 from pdp_client._proto import authorization_pb2 as pb
 
 if TYPE_CHECKING:
@@ -26,6 +27,7 @@ __all__ = [
     "decision_to_pb",
     "decoded_defaults",
     "decoded_request",
+    "decoded_requests",
     "encode_batch",
     "encode_response",
     "service_token_of",
@@ -237,6 +239,43 @@ def decoded_request(decoded: Decoded, defaults: Defaults | None, *,
         else defaults.context if defaults.context is not None else EMPTY,
         peer_ip)
 
+
+def decoded_requests(items: list[Decoded], defaults: Defaults | None, *,
+                     peer_ip: str | None) -> list[Request]:
+    """:func:`decoded_request` of each item of a decoded batch; a fault names its item
+    (``requests[3].resource.type``). The usual batch, whose items take subject and action
+    from its defaults, is built in C (pdp.server._wire.batch_requests): 1.5 -> ~0.2 µs
+    an item."""
+    if defaults is not None:
+        built = batch_requests(items, defaults.subject, defaults.action,
+                               EMPTY if defaults.context is None else defaults.context,
+                               EMPTY, peer_ip, MAX_ID_LENGTH)
+        if built is not None:
+            return built
+    requests = []
+    for i, item in enumerate(items):  # another shape, or a fault to raise
+        try:
+            requests.append(decoded_request(item, defaults, peer_ip=peer_ip))
+        except RequestError as exc:
+            raise RequestError(exc.message, field=f"requests[{i}].{exc.field}") from None
+    return requests
+
+
+def _register_request_types() -> None:
+    """Give batch_requests the classes it builds. It sets their fields as their __init__
+    does, so each must be a plain slotted dataclass: every field set by __init__, in
+    order, and nothing else run (no __post_init__)."""
+    names = []
+    for cls in (Resource, Request):
+        params = getattr(cls, "__dataclass_params__", None)
+        if params is None or not params.init or "__slots__" not in vars(cls) or any(
+                hasattr(c, "__post_init__") for c in cls.__mro__):
+            raise TypeError(f"{cls.__name__} is not a plain slotted dataclass")
+        names.append(tuple(f.name for f in dataclasses.fields(cls) if f.init))
+    request_types(Resource, names[0], Request, names[1])
+
+
+_register_request_types()
 
 _ALLOW = pb.DECISION_ALLOW
 _DENY = pb.DECISION_DENY

@@ -5,6 +5,8 @@ before the decoder existed) or its answer converts into exactly the Request prot
 parse converts into, with the same token, explain flag and bundle sequence, or fails with
 the same RequestError. It never accepts bytes protobuf refuses. Held on generated requests
 and batches, on random mutations of their bytes, and on the shapes it leaves to protobuf.
+The Requests of a batch, built in C for the usual shape (batch_requests), are held to
+those decoded_request builds one item at a time.
 """
 
 from __future__ import annotations
@@ -21,11 +23,13 @@ from hypothesis import HealthCheck, given, settings
 from hypothesis import strategies as st
 
 from pdp.errors import RequestError
-from pdp.server._wire import decode_batch, decode_request
+from pdp.policy import Request, Resource, Subject
+from pdp.server._wire import batch_requests, decode_batch, decode_request, request_types
 from pdp.server.convert import (
     convert_defaults,
     decoded_defaults,
     decoded_request,
+    decoded_requests,
     to_policy_request,
 )
 from pdp_client._proto import authorization_pb2 as pb
@@ -137,7 +141,32 @@ def assert_same_batch(data: bytes) -> bool:
                             reference.min_bundle_sequence)
         assert (_converted(lambda i=item: decoded_request(i, defaults, peer_ip=IP))
                 == _converted(lambda r=reference: to_policy_request(r, defaults, peer_ip=IP)))
+    assert_same_requests(items, defaults)
     return True
+
+
+def assert_same_requests(items: list[Any], defaults: Any) -> None:
+    """decoded_requests (in C for the usual shape) gives each item's decoded_request, the
+    very objects it holds, or the first item's fault, named by its item."""
+    expected: Any = []
+    for i, item in enumerate(items):
+        made = _converted(lambda i=item: decoded_request(i, defaults, peer_ip=IP))
+        if type(made) is Refused:
+            expected = Refused(made.message, f"requests[{i}].{made.field}")
+            break
+        expected.append(made)
+    actual = _converted(lambda: decoded_requests(items, defaults, peer_ip=IP))
+    assert actual == expected
+    if type(actual) is list:
+        for got, want, item in zip(actual, expected, items, strict=True):
+            assert type(got) is Request and type(got.resource) is Resource
+            # What comes from the defaults or the decoded item is passed on as it is.
+            assert got.context is want.context
+            assert got.resource.properties is want.resource.properties
+            if item[0] is None:
+                assert got.subject is defaults.subject
+            if item[1] is None:
+                assert got.action is defaults.action
 
 
 @settings(max_examples=400, suppress_health_check=[HealthCheck.too_slow])
@@ -158,6 +187,93 @@ def test_a_generated_batch_decodes_to_what_protobuf_reads(
     data = batch.SerializeToString()
     assert decode_batch(data) is not None
     assert assert_same_batch(data)
+
+
+@st.composite
+def usual_batches(draw: Any) -> pb.AuthorizeBatchRequest:
+    """Batches of the usual shape (the defaults hold subject and action, the items a
+    resource), with faults among them: empty or long types and ids, a missing resource,
+    an item with its own subject or action, defaults without one."""
+    message = pb.AuthorizeBatchRequest()
+    defaults = message.defaults
+    if draw(st.integers(0, 9)):
+        defaults.subject.type, defaults.subject.id = draw(_texts), draw(_texts)
+        defaults.subject.SetInParent()
+    if draw(st.integers(0, 9)):
+        defaults.action.name = draw(_texts)
+        defaults.action.SetInParent()
+    if draw(st.booleans()):
+        defaults.context.update(draw(_structs))
+        defaults.context.SetInParent()
+    if not draw(st.integers(0, 4)):
+        defaults.resource.type, defaults.resource.id = "doc", "default"
+        defaults.resource.SetInParent()
+    defaults.SetInParent()
+    edges = st.sampled_from(["x" * 1024, "é" * 1024, "x" * 1025, "é" * 1025])  # the limit
+    kinds = st.one_of(st.sampled_from(["doc", "doc", "img", ""]), _texts, edges)
+    ids = st.one_of(_texts, edges)
+    for _ in range(draw(st.integers(0, 6))):
+        item = message.requests.add()
+        shape = draw(st.integers(0, 19))
+        if shape == 0:
+            item.subject.type, item.subject.id = "user", "bob"
+        elif shape == 1:
+            item.action.name = "read"
+        if shape != 2:
+            item.resource.type, item.resource.id = draw(kinds), draw(ids)
+            item.resource.SetInParent()
+            if draw(st.booleans()):
+                item.resource.properties.update(draw(_structs))
+        if draw(st.integers(0, 3)) == 0:
+            item.context.update(draw(_structs))
+            item.context.SetInParent()
+    return message
+
+
+@settings(max_examples=300, suppress_health_check=[HealthCheck.too_slow])
+@given(usual_batches())
+def test_a_usual_batch_builds_the_requests_python_builds(message: pb.AuthorizeBatchRequest
+                                                         ) -> None:
+    """Items that take subject and action from the defaults are built in C
+    (pdp.server._wire.batch_requests): the Requests decoded_request builds, holding the
+    same objects, or the first fault, named by its item, raised by the Python path."""
+    assert assert_same_batch(message.SerializeToString())
+
+
+def test_the_c_builder_refuses_what_it_cannot_build() -> None:
+    """batch_requests answers None for a batch without default subject or action (the
+    Python path then raises), and refuses wrong arguments and classes that are not plain
+    slotted classes with those fields."""
+    item = (None, None, ("doc", "d1", None), None, "", False, 0)
+    subject, action = decoded_defaults((("user", "alice", None), ("read", None), None, None,
+                                        "", False, 0))[:2]
+    assert batch_requests([item], None, action, {}, {}, IP, 1024) is None
+    assert batch_requests([item], subject, None, {}, {}, IP, 1024) is None
+    assert batch_requests([item], subject, action, {}, {}, IP, 1) is None  # "doc" too long
+    (made,) = batch_requests([item], subject, action, {}, {}, None, 1024) or []
+    assert made == Request(subject, action, Resource("doc", "d1", {}), {}, None)
+    with pytest.raises(TypeError, match="batch_requests"):
+        batch_requests((item,), subject, action, {}, {}, IP, 1024)
+    with pytest.raises(TypeError, match="not a slot"):
+        request_types(Resource, ("type", "id", "nope"), Request,
+                      ("subject", "action", "resource", "context", "peer_ip"))
+    with pytest.raises(TypeError, match="a class and a tuple"):
+        request_types(Resource, ("type", "id"), Request,
+                      ("subject", "action", "resource", "context", "peer_ip"))
+    class Plain:  # attributes, not slots
+        type = id = properties = None
+
+    class Derived(Resource):  # slots, but its base's
+        __slots__ = ()
+
+    fields = ("subject", "action", "resource", "context", "peer_ip")
+    for cls in (Plain, Derived):
+        with pytest.raises(TypeError, match="not a slot"):
+            request_types(cls, ("type", "id", "properties"), Request, fields)
+    with pytest.raises(TypeError, match="not a slot"):  # a valid first class is not kept
+        request_types(Subject, ("type", "id", "properties"), Plain, fields)
+    # A refused registration leaves the classes registered before it in place.
+    assert batch_requests([item], subject, action, {}, {}, None, 1024) == [made]
 
 
 def _mutations(data: bytes, rng: random.Random) -> bytes:

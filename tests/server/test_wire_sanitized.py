@@ -4,8 +4,9 @@ outside a buffer.
 The comparisons with protobuf (test_wire.py) see only what the decoder answers; a read past
 the end of the input that happens not to change the answer is invisible to them. Here the
 decoder is built again with ``-fsanitize=address`` and fed 20,000 mutated and random inputs
-(tests/server/wire_fuzz.py) in a process that aborts on any out-of-bounds access. A copy
-with a deliberate bounds bug is run the same way first, to show the harness catches one.
+(tests/server/wire_fuzz.py), each decoded batch's Requests built too, in a process that
+aborts on any out-of-bounds access. A copy with a deliberate bounds bug is run the same way
+first, to show the harness catches one.
 """
 
 from __future__ import annotations
@@ -75,5 +76,7 @@ def test_hostile_bytes_stay_inside_their_buffers(tmp_path: Path) -> None:
     (tmp_path / "logs").mkdir()
     done, reports = _fuzz(_build(SOURCE, tmp_path), tmp_path / "logs", 20_000)
     assert done.returncode == 0 and not reports, (done.stderr[-2000:], reports)
-    decoded, left = (int(w.rstrip(",")) for w in done.stdout.split() if w.rstrip(",").isdigit())
+    decoded, left, built = (int(w.rstrip(",")) for w in done.stdout.split()
+                            if w.rstrip(",").isdigit())
     assert decoded > 1000 and left > 1000  # both the decoder's reading and its refusals ran
+    assert built > 100  # and batch_requests built the Requests of decoded batches

@@ -4,7 +4,8 @@ the decoder was built with AddressSanitizer, so any read or write outside a buff
     python tests/server/wire_fuzz.py <path of the sanitized _wire module> <inputs> <seed>
 
 Inputs: random mutations (flips, insertions, deletions, cuts, splices) of real requests and
-batches, and random bytes. Prints how many inputs were decoded and how many left to protobuf.
+batches, and random bytes; each decoded batch's Requests are built too (batch_requests).
+Prints how many inputs were decoded, how many left to protobuf, how many batches built.
 """
 
 from __future__ import annotations
@@ -14,6 +15,7 @@ import importlib.util
 import random
 import sys
 
+from pdp.policy import Action, Request, Resource, Subject
 from pdp_client._proto import authorization_pb2 as pb
 
 
@@ -62,7 +64,11 @@ def main(path: str, count: int, seed: int) -> int:
     loader.exec_module(wire)
     rng = random.Random(seed)
     seeds = _seeds()
-    decoded = left = 0
+    # batch_requests builds the Requests of every decoded batch, as the server's does.
+    wire.request_types(Resource, ("type", "id", "properties"), Request,
+                       ("subject", "action", "resource", "context", "peer_ip"))
+    subject, action = Subject("user", "alice"), Action("read")
+    decoded = left = built = 0
     for i in range(count):
         if i < len(seeds):
             data = seeds[i]  # each seed once as it is
@@ -71,11 +77,14 @@ def main(path: str, count: int, seed: int) -> int:
         else:
             data = _mutate(rng.choice(seeds), rng, seeds)
         for decode in (wire.decode_request, wire.decode_batch):
-            if decode(data) is None:
+            if (reading := decode(data)) is None:
                 left += 1
-            else:
-                decoded += 1
-    print(f"decoded {decoded}, left to protobuf {left}")
+                continue
+            decoded += 1
+            if decode is wire.decode_batch and wire.batch_requests(
+                    reading[1], subject, action, {}, {}, "10.0.0.1", 1024) is not None:
+                built += 1
+    print(f"decoded {decoded}, left to protobuf {left}, batches built {built}")
     return 0
 
 
