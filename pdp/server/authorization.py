@@ -246,8 +246,9 @@ class AuthorizationService:
         if known is not None and known.ip == call.ip:
             if known.min_sequence:
                 self._check_fresh(known.min_sequence)
-            evaluate = self._evaluate_plain
-            return self._answer_batch([evaluate(r, call) for r in known.requests], call)
+            started = time.perf_counter() if self._metering else 0.0
+            return self._answer_call(self._decide_all(list(known.requests), call), call,
+                                     started)
         decoded = decode_batch(raw)
         if decoded is not None and not (
                 (decoded[0] is not None and decoded[0][4]) or any(i[4] for i in decoded[1])):
@@ -260,6 +261,21 @@ class AuthorizationService:
             DecisionCall(call.peer.identity, call.address, call.now, [d.request for d in done],
                          [d.decision for d in done], [d.decision_id for d in done]),
             call, lambda: done)
+
+    def _decide_all(self, requests: list[Request], call: _Call) -> DecisionCall:
+        """The decisions of a batch's plain requests (no service token, no explain), with
+        their ids, as the audit trail and the detectors take them."""
+        decide, now, prefix, ids = self._engine.decide, call.now, self._id_prefix, self._ids
+        return DecisionCall(call.peer.identity, call.address, now, requests,
+                            [decide(req, now=now) for req in requests],
+                            [f"{prefix}-{next(ids)}" for _ in requests])
+
+    def _answer_call(self, batch: DecisionCall, call: _Call, started: float
+                     ) -> tuple[bytes, int]:
+        """:meth:`_answered` of decisions made by :meth:`_decide_all` since ``started``."""
+        return self._answered(batch, call, lambda: [
+            _Done(r, d, x, (), True, started)
+            for r, d, x in zip(batch.requests, batch.decisions, batch.idents, strict=True)])
 
     def _answered(self, batch: DecisionCall, call: _Call,
                   done: Callable[[], list[_Done]]) -> tuple[bytes, int]:
@@ -308,15 +324,9 @@ class AuthorizationService:
                       defaults.min_bundle_sequence if defaults is not None else 0)
         self._check_fresh(minimum)
         started = time.perf_counter() if self._metering else 0.0
-        requests = decoded_requests(items, defaults, peer_ip=call.ip)
-        decide, now, prefix, ids = self._engine.decide, call.now, self._id_prefix, self._ids
-        decisions = [decide(req, now=now) for req in requests]
-        idents = [f"{prefix}-{next(ids)}" for _ in requests]
-        self._remember_batch(raw, requests, decisions, call, minimum)
-        batch = DecisionCall(call.peer.identity, call.address, now, requests, decisions, idents)
-        return self._answered(batch, call, lambda: [
-            _Done(r, d, x, (), True, started)
-            for r, d, x in zip(requests, decisions, idents, strict=True)])
+        batch = self._decide_all(decoded_requests(items, defaults, peer_ip=call.ip), call)
+        self._remember_batch(raw, batch.requests, batch.decisions, call, minimum)
+        return self._answer_call(batch, call, started)
 
     def _check_size(self, count: int) -> None:
         if count > self._max_batch:
