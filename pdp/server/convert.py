@@ -30,6 +30,7 @@ __all__ = [
     "decoded_requests",
     "encode_batch",
     "encode_response",
+    "register_request_types",
     "service_token_of",
     "struct_to_dict",
     "to_policy_request",
@@ -261,21 +262,22 @@ def decoded_requests(items: list[Decoded], defaults: Defaults | None, *,
     return requests
 
 
-def _register_request_types() -> None:
-    """Give batch_requests the classes it builds. It sets their fields as their __init__
-    does, so each must be a plain slotted dataclass: every field set by __init__, in
-    order, and nothing else run (no __post_init__)."""
+def register_request_types(resource: type = Resource, request: type = Request) -> None:
+    """Give batch_requests the classes it builds (the engine's). It sets their fields as
+    their __init__ does, so each must be a plain slotted dataclass: every field set by
+    __init__, in order, and nothing else run (no __post_init__); TypeError otherwise."""
     names = []
-    for cls in (Resource, Request):
+    for cls in (resource, request):
         params = getattr(cls, "__dataclass_params__", None)
         if params is None or not params.init or "__slots__" not in vars(cls) or any(
-                hasattr(c, "__post_init__") for c in cls.__mro__):
+                hasattr(c, "__post_init__") for c in cls.__mro__) or not all(
+                f.init for f in dataclasses.fields(cls)):
             raise TypeError(f"{cls.__name__} is not a plain slotted dataclass")
-        names.append(tuple(f.name for f in dataclasses.fields(cls) if f.init))
-    request_types(Resource, names[0], Request, names[1])
+        names.append(tuple(f.name for f in dataclasses.fields(cls)))
+    request_types(resource, names[0], request, names[1])
 
 
-_register_request_types()
+register_request_types()
 
 _ALLOW = pb.DECISION_ALLOW
 _DENY = pb.DECISION_DENY

@@ -11,6 +11,7 @@ those decoded_request builds one item at a time.
 
 from __future__ import annotations
 
+import dataclasses
 import math
 import random
 import struct
@@ -30,6 +31,7 @@ from pdp.server.convert import (
     decoded_defaults,
     decoded_request,
     decoded_requests,
+    register_request_types,
     to_policy_request,
 )
 from pdp_client._proto import authorization_pb2 as pb
@@ -272,6 +274,28 @@ def test_the_c_builder_refuses_what_it_cannot_build() -> None:
             request_types(cls, ("type", "id", "properties"), Request, fields)
     with pytest.raises(TypeError, match="not a slot"):  # a valid first class is not kept
         request_types(Subject, ("type", "id", "properties"), Plain, fields)
+    @dataclasses.dataclass(slots=True)
+    class Checked:  # __init__ would run more than the slots' setting
+        type: str
+        id: str
+        properties: Any
+
+        def __post_init__(self) -> None:
+            raise AssertionError
+
+    @dataclasses.dataclass
+    class Unslotted:
+        type: str
+        id: str
+        properties: Any
+
+    @dataclasses.dataclass(slots=True)
+    class Derived2(Resource):  # a field __init__ does not set
+        extra: str = dataclasses.field(default="", init=False)
+
+    for cls in (Checked, Unslotted, Derived2, Plain):
+        with pytest.raises(TypeError, match="not a plain slotted dataclass"):
+            register_request_types(cls, Request)
     # A refused registration leaves the classes registered before it in place.
     assert batch_requests([item], subject, action, {}, {}, None, 1024) == [made]
 
