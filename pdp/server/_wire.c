@@ -28,7 +28,7 @@
  *                          str/float/bool/None/list/dict, as pdp.server.convert reads it)
  *   decode_batch(b) -> (defaults, [request, ...]), defaults None or as decode_request
  *
- * batch_requests (below) turns a decoded batch's items into the engine's Requests.
+ * plain_request and batch_requests (below) turn decoded requests into the engine's.
  */
 #define PY_SSIZE_T_CLEAN
 #include <Python.h>
@@ -542,35 +542,45 @@ done:
     return out;
 }
 
-/* --- requests of a batch -------------------------------------------------------------------
+/* --- the engine's requests ------------------------------------------------------------------
  *
- * request_types(Resource, resource_fields, Request, request_fields): the engine's classes
- * that batch_requests builds, with the member descriptors (slots) of their fields, in the
- * order given (pdp.server.convert registers them once, checked: slotted dataclasses with
- * exactly those fields and no __post_init__).
+ * request_types(Subject, fields, Action, fields, Resource, fields, Request, fields): the
+ * engine's classes that plain_request and batch_requests build, with the member descriptors
+ * (slots) of their fields, in the order given (pdp.server.convert registers them once,
+ * checked: slotted dataclasses whose __init__ sets exactly those fields and runs nothing
+ * else). Each object is made by its class's __new__ and its fields set through those slots,
+ * as the dataclass __init__ sets them, without a Python call per object.
+ *
+ * plain_request(decoded, empty, peer_ip, max_length) -> Request | None
+ *
+ * The Request of a decoded request (decode_request's) without batch defaults: Request(
+ * Subject(type, id, properties), Action(name, properties), Resource(type, id,
+ * properties), context, peer_ip), an absent properties or context being ``empty``.
  *
  * batch_requests(items, subject, action, context, empty, peer_ip, max_length) -> list | None
  *
- * The engine's Request of each decoded batch item (decode_batch's) that holds a resource
- * and neither a subject nor an action, which come from the batch's defaults (``subject``
- * and ``action``, objects already converted): Request(subject, action, Resource(type, id,
- * properties, else ``empty``), the item's context, else ``context``, peer_ip). The values
- * pdp.server.convert.decoded_request gives, without a Python call per object: each object
- * is made by its class's __new__ and its fields set through their slots, as the
- * dataclass __init__ sets them. None when any item is of another shape or would be
- * refused (an empty or too long type, a too long id): the caller converts the batch in
- * Python, which raises the right error. tests/server/test_wire.py holds the two equal. */
+ * The Request of each decoded batch item (decode_batch's) that holds a resource and neither
+ * a subject nor an action, which come from the batch's defaults (``subject`` and
+ * ``action``, objects already converted): Request(subject, action, Resource(type, id,
+ * properties, else ``empty``), the item's context, else ``context``, peer_ip).
+ *
+ * Both give the values pdp.server.convert.decoded_request gives, or None when a part is
+ * absent or would be refused (an empty type, subject id or action name; any of them, or an
+ * id, longer than ``max_length`` code points) or the batch is of another shape: the caller
+ * converts in Python, which raises the right error. tests/server/test_wire.py holds them to
+ * protobuf's parse and to the Python conversion. */
 
-#define RESOURCE_FIELDS 3
-#define REQUEST_FIELDS 5
+enum { SUBJECT, ACTION, RESOURCE, REQUEST, CLASSES };
+static const Py_ssize_t field_count[CLASSES] = {3, 2, 3, 5};
+#define MOST_FIELDS 5
 
-static PyTypeObject *resource_type = NULL, *request_type = NULL;
-static PyObject *resource_slots[RESOURCE_FIELDS], *request_slots[REQUEST_FIELDS];
+static PyTypeObject *classes[CLASSES];
+static PyObject *slots[CLASSES][MOST_FIELDS];
 static PyObject *no_args = NULL;
 
 /* The member descriptors of ``names`` (a tuple of ``count``), each a slot of ``cls`` itself,
- * into ``slots`` (new references); -1 with TypeError, and nothing kept, otherwise. */
-static int slots_of(PyObject *cls, PyObject *names, PyObject **slots, Py_ssize_t count) {
+ * into ``out`` (new references); -1 with TypeError, and nothing kept, otherwise. */
+static int slots_of(PyObject *cls, PyObject *names, PyObject **out, Py_ssize_t count) {
     if (!PyType_Check(cls) || !PyTuple_Check(names) || PyTuple_GET_SIZE(names) != count) {
         PyErr_SetString(PyExc_TypeError, "request_types: a class and a tuple of its fields");
         return -1;
@@ -582,54 +592,121 @@ static int slots_of(PyObject *cls, PyObject *names, PyObject **slots, Py_ssize_t
             PyDescr_TYPE(slot) != (PyTypeObject *)cls) {
             Py_XDECREF(slot);
             for (Py_ssize_t j = 0; j < i; j++)
-                Py_CLEAR(slots[j]);
+                Py_CLEAR(out[j]);
             PyErr_Clear();
             PyErr_Format(PyExc_TypeError, "request_types: %R is not a slot of %R", name, cls);
             return -1;
         }
-        slots[i] = slot;
+        out[i] = slot;
     }
     return 0;
 }
 
 static PyObject *request_types(PyObject *module, PyObject *const *args, Py_ssize_t nargs) {
     (void)module;
-    if (nargs != 4) {
-        PyErr_SetString(PyExc_TypeError, "request_types takes 4 arguments");
+    if (nargs != 2 * CLASSES) {
+        PyErr_SetString(PyExc_TypeError, "request_types takes 8 arguments");
         return NULL;
     }
     if (no_args == NULL && (no_args = PyTuple_New(0)) == NULL)
         return NULL;
-    PyObject *resource[RESOURCE_FIELDS], *request[REQUEST_FIELDS];
-    if (slots_of(args[0], args[1], resource, RESOURCE_FIELDS) < 0)
-        return NULL;
-    if (slots_of(args[2], args[3], request, REQUEST_FIELDS) < 0) {
-        for (int i = 0; i < RESOURCE_FIELDS; i++)
-            Py_DECREF(resource[i]);
-        return NULL;
+    PyObject *found[CLASSES][MOST_FIELDS];
+    for (int c = 0; c < CLASSES; c++) {
+        if (slots_of(args[2 * c], args[2 * c + 1], found[c], field_count[c]) < 0) {
+            for (int k = 0; k < c; k++)
+                for (Py_ssize_t i = 0; i < field_count[k]; i++)
+                    Py_DECREF(found[k][i]);
+            return NULL;
+        }
     }
-    /* Both classes checked: replace the registration whole. */
-    for (int i = 0; i < RESOURCE_FIELDS; i++)
-        Py_XSETREF(resource_slots[i], resource[i]);
-    for (int i = 0; i < REQUEST_FIELDS; i++)
-        Py_XSETREF(request_slots[i], request[i]);
-    Py_XSETREF(resource_type, (PyTypeObject *)Py_NewRef(args[0]));
-    Py_XSETREF(request_type, (PyTypeObject *)Py_NewRef(args[2]));
+    /* Every class checked: replace the registration whole. */
+    for (int c = 0; c < CLASSES; c++) {
+        for (Py_ssize_t i = 0; i < field_count[c]; i++)
+            Py_XSETREF(slots[c][i], found[c][i]);
+        Py_XSETREF(classes[c], (PyTypeObject *)Py_NewRef(args[2 * c]));
+    }
     Py_RETURN_NONE;
 }
 
-/* A new instance of ``cls`` with its fields set from ``values`` through ``slots``. */
-static PyObject *made(PyTypeObject *cls, PyObject **slots, PyObject *const *values, int count) {
+/* A new instance of class ``c`` with its fields set from ``values`` through its slots. */
+static PyObject *made(int c, PyObject *const *values) {
+    PyTypeObject *cls = classes[c];
     PyObject *obj = cls->tp_new(cls, no_args, NULL);
     if (obj == NULL)
         return NULL;
-    for (int i = 0; i < count; i++) {
-        if (Py_TYPE(slots[i])->tp_descr_set(slots[i], obj, values[i]) < 0) {
+    for (Py_ssize_t i = 0; i < field_count[c]; i++) {
+        PyObject *slot = slots[c][i];
+        if (Py_TYPE(slot)->tp_descr_set(slot, obj, values[i]) < 0) {
             Py_DECREF(obj);
             return NULL;
         }
     }
     return obj;
+}
+
+/* ``text`` is a str of 1 (0 when ``may_be_empty``) to ``most`` code points. */
+static int fits(PyObject *text, Py_ssize_t most, int may_be_empty) {
+    if (!PyUnicode_CheckExact(text))
+        return 0;
+    Py_ssize_t length = PyUnicode_GET_LENGTH(text);
+    return (may_be_empty || length > 0) && length <= most;
+}
+
+/* An entity (type, id, properties) or a named part (name, properties) of a decoded request
+ * as class ``c``; NULL without an exception when it is absent or would be refused. */
+static PyObject *part(int c, PyObject *decoded, PyObject *empty, Py_ssize_t most) {
+    Py_ssize_t size = c == ACTION ? 2 : 3;
+    if (!PyTuple_CheckExact(decoded) || PyTuple_GET_SIZE(decoded) != size)
+        return NULL;
+    PyObject *values[3];
+    for (Py_ssize_t i = 0; i < size - 1; i++) {
+        values[i] = PyTuple_GET_ITEM(decoded, i);
+        /* Only a resource id may be empty. */
+        if (!fits(values[i], most, c == RESOURCE && i == 1))
+            return NULL;
+    }
+    PyObject *props = PyTuple_GET_ITEM(decoded, size - 1);
+    values[size - 1] = props == Py_None ? empty : props;
+    return made(c, values);
+}
+
+static int registered(void) {
+    if (classes[REQUEST] != NULL)
+        return 1;
+    PyErr_SetString(PyExc_RuntimeError, "request_types() was not called");
+    return 0;
+}
+
+static PyObject *plain_request(PyObject *module, PyObject *const *args, Py_ssize_t nargs) {
+    (void)module;
+    if (nargs != 4 || !PyTuple_CheckExact(args[0]) || PyTuple_GET_SIZE(args[0]) != 7 ||
+        !PyLong_Check(args[3])) {
+        PyErr_SetString(PyExc_TypeError,
+                        "plain_request(decoded, empty, peer_ip, max_length)");
+        return NULL;
+    }
+    if (!registered())
+        return NULL;
+    PyObject *decoded = args[0], *empty = args[1];
+    Py_ssize_t most = PyLong_AsSsize_t(args[3]);
+    if (most == -1 && PyErr_Occurred())
+        return NULL;
+    PyObject *values[5] = {NULL, NULL, NULL, NULL, NULL};
+    PyObject *out = NULL;
+    for (int c = SUBJECT; c <= RESOURCE; c++) {
+        if ((values[c] = part(c, PyTuple_GET_ITEM(decoded, c), empty, most)) == NULL)
+            goto done;
+    }
+    PyObject *context = PyTuple_GET_ITEM(decoded, 3);
+    values[3] = Py_NewRef(context == Py_None ? empty : context);
+    values[4] = Py_NewRef(args[2]);
+    out = made(REQUEST, values);
+done:
+    for (int i = 0; i < 5; i++)
+        Py_XDECREF(values[i]);
+    if (out == NULL && !PyErr_Occurred())
+        Py_RETURN_NONE;
+    return out;
 }
 
 static PyObject *batch_requests(PyObject *module, PyObject *const *args, Py_ssize_t nargs) {
@@ -640,10 +717,8 @@ static PyObject *batch_requests(PyObject *module, PyObject *const *args, Py_ssiz
                         "max_length)");
         return NULL;
     }
-    if (request_type == NULL) {
-        PyErr_SetString(PyExc_RuntimeError, "batch_requests: request_types() not called");
+    if (!registered())
         return NULL;
-    }
     PyObject *items = args[0], *subject = args[1], *action = args[2], *context = args[3];
     PyObject *empty = args[4], *peer_ip = args[5];
     Py_ssize_t most = PyLong_AsSsize_t(args[6]);
@@ -660,26 +735,16 @@ static PyObject *batch_requests(PyObject *module, PyObject *const *args, Py_ssiz
         if (!PyTuple_CheckExact(item) || PyTuple_GET_SIZE(item) != 7 ||
             PyTuple_GET_ITEM(item, 0) != Py_None || PyTuple_GET_ITEM(item, 1) != Py_None)
             goto other;
-        PyObject *entity = PyTuple_GET_ITEM(item, 2);
-        if (!PyTuple_CheckExact(entity) || PyTuple_GET_SIZE(entity) != 3)
+        PyObject *resource = part(RESOURCE, PyTuple_GET_ITEM(item, 2), empty, most);
+        if (resource == NULL) {
+            if (PyErr_Occurred())
+                goto error;
             goto other;
-        PyObject *kind = PyTuple_GET_ITEM(entity, 0), *ident = PyTuple_GET_ITEM(entity, 1);
-        if (!PyUnicode_CheckExact(kind) || !PyUnicode_CheckExact(ident) ||
-            PyUnicode_GET_LENGTH(kind) == 0 || PyUnicode_GET_LENGTH(kind) > most ||
-            PyUnicode_GET_LENGTH(ident) > most)
-            goto other;
-        PyObject *props = PyTuple_GET_ITEM(entity, 2);
-        PyObject *fields[REQUEST_FIELDS] = {kind, ident, props == Py_None ? empty : props};
-        PyObject *resource = made(resource_type, resource_slots, fields, RESOURCE_FIELDS);
-        if (resource == NULL)
-            goto error;
+        }
         PyObject *own = PyTuple_GET_ITEM(item, 3);
-        fields[0] = subject;
-        fields[1] = action;
-        fields[2] = resource;
-        fields[3] = own == Py_None ? context : own;
-        fields[4] = peer_ip;
-        PyObject *request = made(request_type, request_slots, fields, REQUEST_FIELDS);
+        PyObject *fields[5] = {subject, action, resource,
+                                                  own == Py_None ? context : own, peer_ip};
+        PyObject *request = made(REQUEST, fields);
         Py_DECREF(resource);
         if (request == NULL)
             goto error;
@@ -704,7 +769,11 @@ static PyMethodDef methods[] = {
      "Serialized AuthorizeResponses of (decision, id) pairs, concatenated (framed: as an "
      "AuthorizeBatchResponse)."},
     {"request_types", (PyCFunction)(void (*)(void))request_types, METH_FASTCALL,
-     "Register the Resource and Request classes batch_requests builds, with their fields."},
+     "Register the Subject, Action, Resource and Request classes plain_request and "
+     "batch_requests build, with their fields."},
+    {"plain_request", (PyCFunction)(void (*)(void))plain_request, METH_FASTCALL,
+     "The Request of a decoded request without batch defaults, or None: convert it in "
+     "Python."},
     {"batch_requests", (PyCFunction)(void (*)(void))batch_requests, METH_FASTCALL,
      "The Requests of a decoded batch whose items take subject and action from its "
      "defaults, or None: convert it in Python."},

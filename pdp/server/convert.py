@@ -14,7 +14,7 @@ from google.protobuf import struct_pb2
 
 from pdp.errors import RequestError
 from pdp.policy import Action, Decision, Effect, Request, Resource, Subject
-from pdp.server._wire import batch_requests, encode_answers, request_types
+from pdp.server._wire import batch_requests, encode_answers, plain_request, request_types
 from pdp_client._proto import authorization_pb2 as pb
 
 if TYPE_CHECKING:
@@ -212,7 +212,11 @@ def decoded_request(decoded: Decoded, defaults: Defaults | None, *,
     """:func:`to_policy_request` for a decoded request without a service token."""
     subject, action, resource, context = decoded[0], decoded[1], decoded[2], decoded[3]
     if defaults is None:  # Authorize, and batch items without defaults: the hot path
-        # The converters below inlined: 0.5 µs of the ~2 a request's objects cost.
+        # Built in C (pdp.server._wire.plain_request: 1.3 -> ~0.3 µs), unless a part is
+        # absent or faulty; then as below: the converters inlined, called for the fault.
+        built: Request | None = plain_request(decoded, EMPTY, peer_ip, MAX_ID_LENGTH)
+        if built is not None:
+            return built
         stype, sid, sprops = subject or _NO_ENTITY
         name, aprops = action or _NO_ACTION
         rtype, rid, rprops = resource or _NO_ENTITY
@@ -262,19 +266,22 @@ def decoded_requests(items: list[Decoded], defaults: Defaults | None, *,
     return requests
 
 
-def register_request_types(resource: type = Resource, request: type = Request) -> None:
-    """Give batch_requests the classes it builds (the engine's). It sets their fields as
-    their __init__ does, so each must be a plain slotted dataclass: every field set by
-    __init__, in order, and nothing else run (no __post_init__); TypeError otherwise."""
+def register_request_types(subject: type = Subject, action: type = Action,
+                           resource: type = Resource, request: type = Request) -> None:
+    """Give plain_request and batch_requests the classes they build (the engine's). They
+    set their fields as their __init__ does, so each must be a plain slotted dataclass:
+    every field set by __init__, in order, and nothing else run (no __post_init__);
+    TypeError otherwise."""
+    classes = (subject, action, resource, request)
     names = []
-    for cls in (resource, request):
+    for cls in classes:
         params = getattr(cls, "__dataclass_params__", None)
         if params is None or not params.init or "__slots__" not in vars(cls) or any(
                 hasattr(c, "__post_init__") for c in cls.__mro__) or not all(
                 f.init for f in dataclasses.fields(cls)):
             raise TypeError(f"{cls.__name__} is not a plain slotted dataclass")
         names.append(tuple(f.name for f in dataclasses.fields(cls)))
-    request_types(resource, names[0], request, names[1])
+    request_types(subject, names[0], action, names[1], resource, names[2], request, names[3])
 
 
 register_request_types()

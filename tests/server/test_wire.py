@@ -5,8 +5,8 @@ before the decoder existed) or its answer converts into exactly the Request prot
 parse converts into, with the same token, explain flag and bundle sequence, or fails with
 the same RequestError. It never accepts bytes protobuf refuses. Held on generated requests
 and batches, on random mutations of their bytes, and on the shapes it leaves to protobuf.
-The Requests of a batch, built in C for the usual shape (batch_requests), are held to
-those decoded_request builds one item at a time.
+The Requests built from decoded values in C (plain_request for a request, batch_requests
+for a batch of the usual shape) are held to protobuf's and to the Python conversion.
 """
 
 from __future__ import annotations
@@ -24,8 +24,14 @@ from hypothesis import HealthCheck, given, settings
 from hypothesis import strategies as st
 
 from pdp.errors import RequestError
-from pdp.policy import Request, Resource, Subject
-from pdp.server._wire import batch_requests, decode_batch, decode_request, request_types
+from pdp.policy import Action, Request, Resource, Subject
+from pdp.server._wire import (
+    batch_requests,
+    decode_batch,
+    decode_request,
+    plain_request,
+    request_types,
+)
 from pdp.server.convert import (
     convert_defaults,
     decoded_defaults,
@@ -117,8 +123,11 @@ def assert_same_request(data: bytes) -> bool:
     assert decoded is not None
     assert decoded[4:] == (message.service_token, message.explain,
                            message.min_bundle_sequence)
-    assert (_converted(lambda: decoded_request(decoded, None, peer_ip=IP))
-            == _converted(lambda: to_policy_request(message, None, peer_ip=IP)))
+    converted = _converted(lambda: decoded_request(decoded, None, peer_ip=IP))
+    assert converted == _converted(lambda: to_policy_request(message, None, peer_ip=IP))
+    if type(converted) is not Refused:  # built in C (plain_request): the engine's classes
+        assert [type(converted), type(converted.subject), type(converted.action),
+                type(converted.resource)] == [Request, Subject, Action, Resource]
     return True
 
 
@@ -242,10 +251,10 @@ def test_a_usual_batch_builds_the_requests_python_builds(message: pb.AuthorizeBa
     assert assert_same_batch(message.SerializeToString())
 
 
-def test_the_c_builder_refuses_what_it_cannot_build() -> None:
-    """batch_requests answers None for a batch without default subject or action (the
-    Python path then raises), and refuses wrong arguments and classes that are not plain
-    slotted classes with those fields."""
+def test_the_c_builders_refuse_what_they_cannot_build() -> None:
+    """plain_request and batch_requests answer None for what the Python path must refuse or
+    build (absent or faulty parts, a batch without default subject or action), and refuse
+    wrong arguments and classes that are not plain slotted classes with those fields."""
     item = (None, None, ("doc", "d1", None), None, "", False, 0)
     subject, action = decoded_defaults((("user", "alice", None), ("read", None), None, None,
                                         "", False, 0))[:2]
@@ -254,26 +263,37 @@ def test_the_c_builder_refuses_what_it_cannot_build() -> None:
     assert batch_requests([item], subject, action, {}, {}, IP, 1) is None  # "doc" too long
     (made,) = batch_requests([item], subject, action, {}, {}, None, 1024) or []
     assert made == Request(subject, action, Resource("doc", "d1", {}), {}, None)
+    whole = (("user", "alice", None), ("read", None), ("doc", "", None), None, "", False, 0)
+    assert plain_request(whole, {}, IP, 1024) == Request(
+        Subject("user", "alice", {}), Action("read", {}), Resource("doc", "", {}), {}, IP)
+    for part, faulty in ((0, None), (0, ("", "alice", None)), (0, ("user", "", None)),
+                         (1, ("", None)), (2, ("", "d1", None)), (2, ("doc", "x" * 5, None))):
+        broken = list(whole)
+        broken[part] = faulty
+        assert plain_request(tuple(broken), {}, IP, 4) is None, broken
     with pytest.raises(TypeError, match="batch_requests"):
         batch_requests((item,), subject, action, {}, {}, IP, 1024)
-    with pytest.raises(TypeError, match="not a slot"):
-        request_types(Resource, ("type", "id", "nope"), Request,
-                      ("subject", "action", "resource", "context", "peer_ip"))
-    with pytest.raises(TypeError, match="a class and a tuple"):
-        request_types(Resource, ("type", "id"), Request,
-                      ("subject", "action", "resource", "context", "peer_ip"))
+    with pytest.raises(TypeError, match="plain_request"):
+        plain_request(whole[:6], {}, IP, 1024)
+
     class Plain:  # attributes, not slots
         type = id = properties = None
 
     class Derived(Resource):  # slots, but its base's
         __slots__ = ()
 
-    fields = ("subject", "action", "resource", "context", "peer_ip")
-    for cls in (Plain, Derived):
-        with pytest.raises(TypeError, match="not a slot"):
-            request_types(cls, ("type", "id", "properties"), Request, fields)
-    with pytest.raises(TypeError, match="not a slot"):  # a valid first class is not kept
-        request_types(Subject, ("type", "id", "properties"), Plain, fields)
+    engine = (Subject, ("type", "id", "properties"), Action, ("name", "properties"),
+              Resource, ("type", "id", "properties"), Request,
+              ("subject", "action", "resource", "context", "peer_ip"))
+    for at, bad, match in ((5, ("type", "id", "nope"), "not a slot"),
+                           (5, ("type", "id"), "a class and a tuple"),
+                           (4, Plain, "not a slot"), (4, Derived, "not a slot"),
+                           (6, Plain, "not a slot")):  # the first three classes not kept
+        args = list(engine)
+        args[at] = bad
+        with pytest.raises(TypeError, match=match):
+            request_types(*args)
+
     @dataclasses.dataclass(slots=True)
     class Checked:  # __init__ would run more than the slots' setting
         type: str
@@ -295,7 +315,7 @@ def test_the_c_builder_refuses_what_it_cannot_build() -> None:
 
     for cls in (Checked, Unslotted, Derived2, Plain):
         with pytest.raises(TypeError, match="not a plain slotted dataclass"):
-            register_request_types(cls, Request)
+            register_request_types(Subject, Action, cls, Request)
     # A refused registration leaves the classes registered before it in place.
     assert batch_requests([item], subject, action, {}, {}, None, 1024) == [made]
 

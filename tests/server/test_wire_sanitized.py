@@ -4,7 +4,7 @@ outside a buffer.
 The comparisons with protobuf (test_wire.py) see only what the decoder answers; a read past
 the end of the input that happens not to change the answer is invisible to them. Here the
 decoder is built again with ``-fsanitize=address`` and fed 20,000 mutated and random inputs
-(tests/server/wire_fuzz.py), each decoded batch's Requests built too, in a process that
+(tests/server/wire_fuzz.py), each decoded request's Requests built too, in a process that
 aborts on any out-of-bounds access. A copy with a deliberate bounds bug is run the same way
 first, to show the harness catches one.
 """
@@ -79,4 +79,4 @@ def test_hostile_bytes_stay_inside_their_buffers(tmp_path: Path) -> None:
     decoded, left, built = (int(w.rstrip(",")) for w in done.stdout.split()
                             if w.rstrip(",").isdigit())
     assert decoded > 1000 and left > 1000  # both the decoder's reading and its refusals ran
-    assert built > 100  # and batch_requests built the Requests of decoded batches
+    assert built > 100  # and plain_request and batch_requests built Requests

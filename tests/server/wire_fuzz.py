@@ -4,8 +4,9 @@ the decoder was built with AddressSanitizer, so any read or write outside a buff
     python tests/server/wire_fuzz.py <path of the sanitized _wire module> <inputs> <seed>
 
 Inputs: random mutations (flips, insertions, deletions, cuts, splices) of real requests and
-batches, and random bytes; each decoded batch's Requests are built too (batch_requests).
-Prints how many inputs were decoded, how many left to protobuf, how many batches built.
+batches, and random bytes; each decoded request's or batch's Requests are built too
+(plain_request, batch_requests). Prints how many inputs were decoded, how many left to
+protobuf, how many built.
 """
 
 from __future__ import annotations
@@ -64,8 +65,9 @@ def main(path: str, count: int, seed: int) -> int:
     loader.exec_module(wire)
     rng = random.Random(seed)
     seeds = _seeds()
-    # batch_requests builds the Requests of every decoded batch, as the server's does.
-    wire.request_types(Resource, ("type", "id", "properties"), Request,
+    # Every decoded request and batch becomes Requests, as the server's do.
+    wire.request_types(Subject, ("type", "id", "properties"), Action, ("name", "properties"),
+                       Resource, ("type", "id", "properties"), Request,
                        ("subject", "action", "resource", "context", "peer_ip"))
     subject, action = Subject("user", "alice"), Action("read")
     decoded = left = built = 0
@@ -81,10 +83,13 @@ def main(path: str, count: int, seed: int) -> int:
                 left += 1
                 continue
             decoded += 1
-            if decode is wire.decode_batch and wire.batch_requests(
-                    reading[1], subject, action, {}, {}, "10.0.0.1", 1024) is not None:
-                built += 1
-    print(f"decoded {decoded}, left to protobuf {left}, batches built {built}")
+            if decode is wire.decode_batch:
+                made = wire.batch_requests(reading[1], subject, action, {}, {}, "10.0.0.1",
+                                           1024)
+            else:
+                made = wire.plain_request(reading, {}, "10.0.0.1", 1024)
+            built += made is not None
+    print(f"decoded {decoded}, left to protobuf {left}, built {built}")
     return 0
 
 
