@@ -1,7 +1,7 @@
 """The three C modules; everything else about the package is in pyproject.toml.
 
 Built at install, so installing from source needs a C compiler and the Python headers:
-pdp/server/_wire.c (the decision path's request decoder, a batch's Request builder and the
+pdp/server/_wire.c (the decision path's request decoder, its Request builders and the
 answer encoder), pdp/policy/_json.c (the JSON bundle loader's duplicate-key check) and
 pdp/policy/_doorkeeper.c (the decision cache's admission test). See docs/performance.md,
 items 22, 23, 25, 26 and 30.
