@@ -352,8 +352,7 @@ def _call_entries(call: DecisionCall) -> tuple[list[str] | None, str]:
         rtype = resource.type
         if (decision is not last[0] or subject is not last[1] or action is not last[2]
                 or rtype != last[3]):
-            cached: object = decision.cached  # a bool, unless a caller built it otherwise
-            cached_text = "true" if cached is True else "false" if cached is False else None
+            cached_text = _json_bool(decision.cached)  # a bool, unless built otherwise
             if cached_text is None:
                 return None, ""
             allow = decision.effect is _ALLOW

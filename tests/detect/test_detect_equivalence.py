@@ -5,6 +5,7 @@ from __future__ import annotations
 
 import math
 from collections import deque
+from collections.abc import Sequence
 from dataclasses import replace
 from typing import Any
 
@@ -168,30 +169,36 @@ def test_a_batch_counted_at_once_raises_the_same_alerts_as_one_by_one(
         if i + 1 - start >= size or i == len(stream) - 1:
             batches.append(tuple(events[start:i + 1]))
             start = i + 1
-    runs = []
-    for batched in (False, True):
-        recorder = Recorder()
-        made = pipeline(FakeClock(clock()), recorder, every_detector=False)
-        assert made._allow_counters, "the deny-ratio detector counts allows at once"
-        made.start()
-        for n, batch in enumerate(batches):
-            if batched:
-                made.emit_all(batch)
-            else:
-                for event in batch:
-                    made.emit(event)
-            if n % flush_every == 0:
-                assert made.flush()
-        assert made.flush()
-        stats = made.stats()
-        ratio = ratio_of(made)
-        runs.append((comparable(recorder.sent), [(s, t) for s, t, _ in recorder.quarantined],
-                     stats.processed, stats.queued, stats.dropped, stats.detector_errors,
-                     stats.tracked_keys, comparable(made.alerts()),
-                     [tuple(b) for b in ratio._buckets], ratio._total, ratio._denies))
-        made.close()
-    assert runs[0] == runs[1]
-    assert runs[1][2] == len(events)  # every decision was counted as processed
+    one_by_one = observed(clock(), batches, flush_every, at_once=False)
+    assert observed(clock(), batches, flush_every, at_once=True) == one_by_one
+    assert one_by_one[2] == len(events)  # every decision was counted as processed
+
+
+def observed(start: float, batches: Sequence[Sequence[Event]], flush_every: int, *,
+             at_once: bool) -> tuple[Any, ...]:
+    """What a pipeline with the deny-ratio detector sends, quarantines, counts and keeps
+    after ``batches``, each handed over at once (emit_all) or one event at a time."""
+    recorder = Recorder()
+    made = pipeline(FakeClock(start), recorder, every_detector=False)
+    assert made._allow_counters, "the deny-ratio detector counts allows at once"
+    made.start()
+    for n, batch in enumerate(batches):
+        if at_once:
+            made.emit_all(batch)
+        else:
+            for event in batch:
+                made.emit(event)
+        if n % flush_every == 0:
+            assert made.flush()
+    assert made.flush()
+    stats = made.stats()
+    ratio = ratio_of(made)
+    seen = (comparable(recorder.sent), [(s, t) for s, t, _ in recorder.quarantined],
+            stats.processed, stats.queued, stats.dropped, stats.detector_errors,
+            stats.tracked_keys, comparable(made.alerts()),
+            [tuple(b) for b in ratio._buckets], ratio._total, ratio._denies)
+    made.close()
+    return seen
 
 
 def ratio_of(made: DetectionPipeline) -> BucketedRatio:
@@ -256,26 +263,6 @@ def test_a_calls_decisions_raise_the_same_alerts_as_its_events_one_by_one(
              for _, s, _ in decisions],
             [Decision(e, "r", reason, "1-ab") for e, _, reason in decisions],
             [f"c{n}-{i}" for i in range(len(decisions))]))
-    runs = []
-    for as_call in (False, True):
-        recorder = Recorder()
-        made = pipeline(FakeClock(clock()), recorder, every_detector=False)
-        made.start()
-        for n, call in enumerate(made_calls):
-            if as_call:
-                made.emit_all(call)
-            else:
-                for event in call:
-                    made.emit(event)
-            if n % flush_every == 0:
-                assert made.flush()
-        assert made.flush()
-        stats = made.stats()
-        ratio = ratio_of(made)
-        runs.append((comparable(recorder.sent), [(s, t) for s, t, _ in recorder.quarantined],
-                     stats.processed, stats.queued, stats.dropped, stats.detector_errors,
-                     stats.tracked_keys, comparable(made.alerts()),
-                     [tuple(b) for b in ratio._buckets], ratio._total, ratio._denies))
-        made.close()
-    assert runs[0] == runs[1]
-    assert runs[1][2] == sum(len(c) for c in made_calls)
+    one_by_one = observed(clock(), made_calls, flush_every, at_once=False)
+    assert observed(clock(), made_calls, flush_every, at_once=True) == one_by_one
+    assert one_by_one[2] == sum(len(c) for c in made_calls)
