@@ -7,8 +7,8 @@ from __future__ import annotations
 
 import enum
 from collections.abc import Mapping
-from dataclasses import dataclass, field, fields
-from typing import Any, TypeAlias
+from dataclasses import MISSING, dataclass, field, fields
+from typing import Any, TypeAlias, TypeVar
 
 from google.protobuf import json_format, struct_pb2
 
@@ -37,6 +37,62 @@ __all__ = [
 ]
 
 
+_T = TypeVar("_T")
+# The __init__ that dataclass generated for each class below, before _quick_init replaced it
+# (kept for the tests that hold the two to the same results).
+GENERATED_INITS: dict[type[Any], Any] = {}
+
+
+def _quick_init(cls: type[_T]) -> type[_T]:
+    """Give the frozen, slotted dataclass ``cls`` an ``__init__`` that sets each field through
+    its slot's own descriptor.
+
+    The ``__init__`` dataclass generates for a frozen class calls ``object.__setattr__`` once
+    per field, to step around the class's refusing ``__setattr__``. That made a Resource cost
+    ~1 µs to build, 3x what setting its slots directly costs, and services build one or more
+    per request. This one takes the same parameters in the same order, with the same
+    defaults (a default factory is called per instance, as before) and keyword-only fields,
+    and sets the fields in the same order. Instances stay frozen. Raises TypeError at import
+    for what it does not reproduce: a ``__post_init__``, init=False fields, InitVars or
+    ClassVars.
+    """
+    params_of = getattr(cls, "__dataclass_params__", None)
+    if params_of is None or not params_of.frozen or "__slots__" not in cls.__dict__:
+        raise TypeError(f"{cls.__name__}: _quick_init is for frozen, slotted dataclasses")
+    if hasattr(cls, "__post_init__") or len(fields(cls)) != len(cls.__dataclass_fields__):  # type: ignore[arg-type, attr-defined]
+        raise TypeError(f"{cls.__name__}: a __post_init__, InitVar or ClassVar is not handled")
+    namespace: dict[str, Any] = {"_MISSING": MISSING}
+    params, body, keyword_only = [], [], False
+    for f in fields(cls):  # type: ignore[arg-type]
+        if not f.init:
+            raise TypeError(f"{cls.__name__}.{f.name}: init=False fields are not handled")
+        namespace[f"_set_{f.name}"] = cls.__dict__[f.name].__set__
+        if f.kw_only and not keyword_only:
+            params.append("*")
+            keyword_only = True
+        value = f.name
+        if f.default is not MISSING:
+            namespace[f"_default_{f.name}"] = f.default
+            params.append(f"{f.name}=_default_{f.name}")
+        elif f.default_factory is not MISSING:
+            namespace[f"_factory_{f.name}"] = f.default_factory
+            params.append(f"{f.name}=_MISSING")
+            value = f"_factory_{f.name}() if {f.name} is _MISSING else {f.name}"
+        else:
+            params.append(f.name)
+        body.append(f"    _set_{f.name}(self, {value})")
+    exec(f"def __init__(self, {', '.join(params)}):\n" + "\n".join(body),  # noqa: S102
+         namespace)
+    init = namespace["__init__"]
+    init.__qualname__ = f"{cls.__qualname__}.__init__"
+    init.__module__ = cls.__module__
+    init.__doc__ = cls.__init__.__doc__
+    GENERATED_INITS[cls] = cls.__init__
+    cls.__init__ = init  # type: ignore[method-assign]
+    return cls
+
+
+@_quick_init
 @dataclass(frozen=True, slots=True)
 class Subject:
     """Who asks: e.g. Subject("user", "alice", {"department": "eng"})."""
@@ -46,6 +102,7 @@ class Subject:
     properties: Mapping[str, Any] = field(default_factory=dict)
 
 
+@_quick_init
 @dataclass(frozen=True, slots=True)
 class Action:
     """What is asked: e.g. Action("read") or the full gRPC method name."""
@@ -54,6 +111,7 @@ class Action:
     properties: Mapping[str, Any] = field(default_factory=dict)
 
 
+@_quick_init
 @dataclass(frozen=True, slots=True)
 class Resource:
     """On what: e.g. Resource("document", "42", {"owner": "alice"})."""
@@ -68,6 +126,7 @@ ActionLike: TypeAlias = Action | Mapping[str, Any] | str
 ResourceLike: TypeAlias = Resource | Mapping[str, Any]
 
 
+@_quick_init
 @dataclass(frozen=True, slots=True, kw_only=True)
 class AccessRequest:
     """One item of a batch; unset (None) fields take the batch defaults."""
@@ -89,6 +148,7 @@ class Effect(enum.Enum):
     ALLOW = "ALLOW"
 
 
+@_quick_init
 @dataclass(frozen=True, slots=True)
 class RuleTrace:
     """One rule an explained decision considered, and why it did or did not match."""
@@ -100,6 +160,7 @@ class RuleTrace:
     detail: str
 
 
+@_quick_init
 @dataclass(frozen=True, slots=True, kw_only=True)
 class Decision:
     """The PDP's answer. `allowed` is True only for an ALLOW the PDP actually gave."""
@@ -121,6 +182,7 @@ class Decision:
         return self.allowed
 
 
+@_quick_init
 @dataclass(frozen=True, slots=True, kw_only=True)
 class ServiceToken:
     """A JWT from Identity.IssueServiceToken, with its expiry (epoch seconds)."""
@@ -185,9 +247,10 @@ def _put_struct(out: struct_pb2.Struct, value: Any, where: str, part: str) -> No
     if type(value) is not dict and not isinstance(value, Mapping):
         raise InvalidRequestError(
             f"{where}{part}: expected a mapping, got {type(value).__name__}")
-    out.SetInParent()
     try:
         js = value if type(value) is dict else dict(value)
+        if not js:
+            out.SetInParent()  # present, though empty (filled, it is present anyway)
         try:
             done = _fill_struct(out, js, 0)
         except Exception:  # ParseDict below redoes it and decides
@@ -273,10 +336,12 @@ def _put_action(out: pb.Action, value: ActionLike, where: str) -> None:
 
 
 def _put_flags(out: pb.AuthorizeRequest, explain: bool, min_bundle_sequence: int) -> None:
-    # As keyword arguments of the constructor: None leaves the field unset.
-    if explain is not None:
+    # As keyword arguments of the constructor: None leaves the field unset. So does the usual
+    # False and 0, which proto3 does not send either way (a set costs ~0.15 µs per item).
+    if explain is not None and explain is not False:
         out.explain = explain
-    if min_bundle_sequence is not None:
+    if min_bundle_sequence is not None and (type(min_bundle_sequence) is not int
+                                            or min_bundle_sequence):
         out.min_bundle_sequence = min_bundle_sequence
 
 
@@ -330,8 +395,10 @@ def request_to_wire(
     return msg
 
 
-# Decision and RuleTrace are built as their dataclass __init__ builds them (object.__setattr__
-# of every field, in order) minus the keyword binding: the values are the same frozen objects.
+# Decision and RuleTrace are built as their __init__ builds them (each field set through its
+# slot's descriptor, in order: see _quick_init) minus the keyword binding: the values are the
+# same frozen objects. A response's Decision costs ~1.2 µs so, against ~2.2 µs with
+# object.__setattr__ per field.
 _DECISION_FIELDS = ("decision", "rule_id", "bundle_version", "reason", "decision_id", "cached",
                     "explanation")
 _RULE_TRACE_FIELDS = ("rule_id", "effect", "matched", "failed_part", "detail")
@@ -340,30 +407,33 @@ if (tuple(f.name for f in fields(Decision)) != _DECISION_FIELDS
     raise ImportError("decision_from_wire is out of step with the Decision/RuleTrace fields")
 _ALLOW = pb.DECISION_ALLOW
 _new = object.__new__
-_set = object.__setattr__
+(_set_decision, _set_rule_id, _set_bundle_version, _set_reason, _set_decision_id, _set_cached,
+ _set_explanation) = (Decision.__dict__[name].__set__ for name in _DECISION_FIELDS)
+(_set_trace_rule_id, _set_trace_effect, _set_trace_matched, _set_trace_failed_part,
+ _set_trace_detail) = (RuleTrace.__dict__[name].__set__ for name in _RULE_TRACE_FIELDS)
 
 
 def _rule_trace(t: pb.RuleTrace) -> RuleTrace:
     r = _new(RuleTrace)
-    _set(r, "rule_id", t.rule_id)
-    _set(r, "effect", t.effect)
-    _set(r, "matched", t.matched)
-    _set(r, "failed_part", t.failed_part)
-    _set(r, "detail", t.detail)
+    _set_trace_rule_id(r, t.rule_id)
+    _set_trace_effect(r, t.effect)
+    _set_trace_matched(r, t.matched)
+    _set_trace_failed_part(r, t.failed_part)
+    _set_trace_detail(r, t.detail)
     return r
 
 
 def decision_from_wire(msg: pb.AuthorizeResponse) -> Decision:
     """A Decision from a response; any value other than DECISION_ALLOW is a DENY."""
     d = _new(Decision)
-    _set(d, "decision", Effect.ALLOW if msg.decision == _ALLOW else Effect.DENY)
-    _set(d, "rule_id", msg.rule_id)
-    _set(d, "bundle_version", msg.bundle_version)
-    _set(d, "reason", msg.reason)
-    _set(d, "decision_id", msg.decision_id)
-    _set(d, "cached", msg.cached)
+    _set_decision(d, Effect.ALLOW if msg.decision == _ALLOW else Effect.DENY)
+    _set_rule_id(d, msg.rule_id)
+    _set_bundle_version(d, msg.bundle_version)
+    _set_reason(d, msg.reason)
+    _set_decision_id(d, msg.decision_id)
+    _set_cached(d, msg.cached)
     explanation = msg.explanation
-    _set(d, "explanation", tuple(map(_rule_trace, explanation)) if explanation else ())
+    _set_explanation(d, tuple(map(_rule_trace, explanation)) if explanation else ())
     return d
 
 
