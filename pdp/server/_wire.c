@@ -628,7 +628,13 @@ static PyObject *request_types(PyObject *module, PyObject *const *args, Py_ssize
     Py_RETURN_NONE;
 }
 
-/* A new instance of class ``c`` with its fields set from ``values`` through its slots. */
+/* A new instance of class ``c`` with its fields set from ``values`` through its slots, left
+ * out of the cycle collector: it cannot be part of a cycle, being made after every value it
+ * holds and never assigned to afterwards (the engine's contract, see _REQUEST_NOTE in
+ * pdp/policy/model.py), and a batch's Requests wait in the audit and detection queues long
+ * enough to be walked by several collections: tracked, the collector cost ~70 µs of server
+ * CPU per AuthorizeBatch(100) call, ~25 without them. It is still freed by its reference
+ * count; what it holds stays tracked. */
 static PyObject *made(int c, PyObject *const *values) {
     PyTypeObject *cls = classes[c];
     PyObject *obj = cls->tp_new(cls, no_args, NULL);
@@ -641,6 +647,8 @@ static PyObject *made(int c, PyObject *const *values) {
             return NULL;
         }
     }
+    if (PyObject_GC_IsTracked(obj))
+        PyObject_GC_UnTrack(obj);
     return obj;
 }
 

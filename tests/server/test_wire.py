@@ -12,6 +12,7 @@ for a batch of the usual shape) are held to protobuf's and to the Python convers
 from __future__ import annotations
 
 import dataclasses
+import gc
 import math
 import random
 import struct
@@ -249,6 +250,35 @@ def test_a_usual_batch_builds_the_requests_python_builds(message: pb.AuthorizeBa
     (pdp.server._wire.batch_requests): the Requests decoded_request builds, holding the
     same objects, or the first fault, named by its item, raised by the Python path."""
     assert assert_same_batch(message.SerializeToString())
+
+
+def test_the_requests_built_in_c_are_left_out_of_the_cycle_collector() -> None:
+    """What plain_request and batch_requests make is not tracked by the cycle collector (see
+    made() in _wire.c); what it holds, and what the Python path makes, still is."""
+    props = {"owner": {"name": "alice"}}  # tracked: it holds a dict
+    single = pb.AuthorizeRequest(subject=pb.Subject(type="user", id="alice"),
+                                 action=pb.Action(name="read"),
+                                 resource=pb.Resource(type="doc", id="1"))
+    single.resource.properties.update(props)
+    raw = single.SerializeToString()
+    built = decoded_request(decode_request(raw), None, peer_ip=IP)
+    for part in (built, built.subject, built.action, built.resource):
+        assert not gc.is_tracked(part)
+    assert gc.is_tracked(built.resource.properties)
+    batch = pb.AuthorizeBatchRequest(defaults=pb.AuthorizeRequest(subject=single.subject,
+                                                                  action=single.action),
+                                     requests=[pb.AuthorizeRequest(resource=single.resource)] * 3)
+    head, items = decode_batch(batch.SerializeToString())
+    defaults = decoded_defaults(head)
+    requests = decoded_requests(items, defaults, peer_ip=IP)
+    assert len(requests) == 3 and gc.is_tracked(defaults.subject)  # made in Python
+    for request in requests:
+        assert not gc.is_tracked(request) and not gc.is_tracked(request.resource)
+        assert request.subject is defaults.subject
+    reference = to_policy_request(single, None, peer_ip=IP)
+    assert gc.is_tracked(reference) and reference == built
+    gc.collect()
+    assert built == reference and requests[0].resource.properties == props
 
 
 def test_the_c_builders_refuse_what_they_cannot_build() -> None:
