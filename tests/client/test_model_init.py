@@ -50,7 +50,7 @@ def built(init: Any, cls: type[Any], args: tuple[Any, ...], kwargs: dict[str, An
         if id(value) in given_ids or value is UNSET:
             out.append(("object", id(value)))
         else:  # a default: the same object, or a fresh one from the factory
-            out.append(("default", type(value), value, f.default_factory is not f.default))
+            out.append(("default", type(value), value))
     return ("ok", tuple(out))
 
 
