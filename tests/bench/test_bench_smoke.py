@@ -87,12 +87,12 @@ def test_quick_run_end_to_end(tmp_path: Path) -> None:
     # ratios are also taken against single calls measured in the batch section's rounds.
     batch = out["targets"]["batch(100) >= 20x single decisions/s"]
     assert batch["floor_batch_ratio"] > 0
-    singles = {row["name"]: row for row in out["batch"]}[BATCH_SINGLE]
-    per_call = singles["rounds"][0]["decisions_per_s"]
+    by_name = {row["name"]: row for row in out["batch"]}
+    per_call = by_name[BATCH_SINGLE]["rounds"][0]["decisions_per_s"]
     for name, key in (("AuthorizeBatch(100), 8 in flight", "paired_ratio"),
                       (FLOOR_BATCH, "floor_paired_ratio")):
-        row = {r["name"]: r for r in out["batch"]}[name]
-        assert batch[key] == pytest.approx(row["rounds"][0]["decisions_per_s"] / per_call)
+        rate = by_name[name]["rounds"][0]["decisions_per_s"]
+        assert batch[key] == pytest.approx(rate / per_call)
 
 
 @pytest.mark.slow
