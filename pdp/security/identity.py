@@ -9,9 +9,11 @@ from __future__ import annotations
 import contextlib
 import hashlib
 from collections import OrderedDict
+from collections.abc import Callable, Mapping, Sequence
 from dataclasses import dataclass
 from typing import Any, Protocol
 
+import grpc._server
 from cryptography import x509
 from cryptography.hazmat.primitives.serialization import Encoding
 from cryptography.x509.oid import ExtendedKeyUsageOID, NameOID
@@ -110,6 +112,25 @@ class _Parsed:
 
 
 _TLS13 = [b"TLSv1.3"]
+_EMPTY: dict[bytes, list[bytes]] = {}
+# grpcio's own sync-server context, and the reader behind its public auth_context(): see
+# _properties. Both are private to grpcio; without either, every context takes the public way.
+_GRPC_CONTEXT: Any = getattr(grpc._server, "_Context", None)
+_read_properties: Callable[[Any], dict[bytes, list[bytes]] | None] | None = getattr(
+    getattr(grpc._server, "cygrpc", None), "auth_context", None)
+
+
+def _properties(context: Any) -> Mapping[bytes, Sequence[bytes]]:
+    """The call's authentication properties as gRPC core reports them, keyed by bytes.
+
+    ``ServicerContext.auth_context()`` reads them with ``cygrpc.auth_context`` and then
+    decodes every key into a str (twelve on an mTLS call): 3.2 µs a call, against 1.15 µs
+    for the read alone. A context of grpcio's own sync server is read the way it reads
+    itself; any other (grpc.aio's, a test's) through the public method.
+    """
+    if type(context) is _GRPC_CONTEXT and _read_properties is not None:
+        return _read_properties(context._rpc_event.call) or _EMPTY
+    return {key.encode(): value for key, value in context.auth_context().items()}
 
 
 class PeerVerifier:
@@ -136,10 +157,10 @@ class PeerVerifier:
         Raises CertificateError with the precise reason: not TLS 1.3, no client certificate,
         unparsable or not for client authentication, not yet valid, expired, revoked.
         """
-        auth = context.auth_context()
-        if auth.get("ssl_tls_version") != _TLS13:
+        auth = _properties(context)
+        if auth.get(b"ssl_tls_version") != _TLS13:
             raise PeerCertificateError("not_tls13", "connection is not TLS 1.3")
-        pems = auth.get("x509_pem_cert")
+        pems = auth.get(b"x509_pem_cert")
         if not pems:
             raise PeerCertificateError("no_certificate", "no client certificate")
         pem = pems[0]

@@ -21,8 +21,9 @@ from cryptography import x509
 
 from pdp.configuration import build_section
 from pdp.errors import CertificateError, ConfigError
+from pdp.security import identity
 from pdp.security import pki as ca
-from pdp.security.identity import PeerVerifier
+from pdp.security.identity import PeerCertificateError, PeerVerifier, StaticRevocation
 from pdp.security.tls import (
     ServerTLS,
     TLSConfig,
@@ -370,3 +371,65 @@ def test_server_certificate_rotation_under_load_drops_no_call(
     assert sum(failures) == 0 and sum(calls) >= 600
     assert presented_serial(s.port, d.ca_cert, svc) == renewed.serial != old_serial
     assert s.tls.server_certificate_status().serial == renewed.serial
+
+
+# --- how a call's properties are read ------------------------------------------------------
+
+
+def _properties_server(secure: TLSConfig | None) -> tuple[grpc.Server, int, list[Any]]:
+    """A server whose one method records, per call: whether the context took the direct
+    read, what it read, the public auth_context(), and what PeerVerifier made of it."""
+    seen: list[Any] = []
+    verifier = PeerVerifier(StaticRevocation(), clock=time.time)
+
+    def record(request: bytes, context: grpc.ServicerContext) -> bytes:
+        try:
+            outcome: Any = verifier.verify(context).identity
+        except CertificateError as exc:
+            outcome = exc
+        seen.append((type(context) is identity._GRPC_CONTEXT, identity._properties(context),
+                     context.auth_context(), outcome))
+        return b""
+
+    server = grpc.server(futures.ThreadPoolExecutor(max_workers=2))
+    server.add_generic_rpc_handlers((grpc.method_handlers_generic_handler(
+        "pdp.test.Echo", {"WhoAmI": grpc.unary_unary_rpc_method_handler(record)}),))
+    if secure is None:
+        port = server.add_insecure_port("127.0.0.1:0")
+    else:
+        port = server.add_secure_port(
+            "127.0.0.1:0", ServerTLS(secure, clock=time.time).credentials())
+    server.start()
+    return server, port, seen
+
+
+def test_a_real_call_is_read_directly_and_reads_what_auth_context_reports(
+        pki: SessionPKI) -> None:
+    """The direct read (grpcio's own reader, without decoding every key) must see exactly
+    what the public ServicerContext.auth_context() reports: this fails when a grpcio
+    release changes what the private reader returns."""
+    server, port, seen = _properties_server(config_for(pki.server, pki.ca_cert, None))
+    try:
+        with channel(port, pki.ca_cert, pki.service) as ch:
+            who_am_i(ch)
+    finally:
+        server.stop(grace=None).wait()
+    [(direct, properties, public, outcome)] = seen
+    assert direct, "grpcio's server context is no longer the type PeerVerifier reads directly"
+    assert identity._read_properties is not None, "grpcio's cygrpc.auth_context is gone"
+    assert properties == {key.encode(): value for key, value in public.items()}
+    assert properties[b"ssl_tls_version"] == [b"TLSv1.3"]
+    assert properties[b"x509_pem_cert"] == [pki.service.cert.read_bytes()]
+    assert outcome == "spiffe://pdp.test/svc/search"
+
+
+def test_a_plaintext_call_read_directly_is_refused_as_not_tls13() -> None:
+    server, port, seen = _properties_server(None)
+    try:
+        with grpc.insecure_channel(f"127.0.0.1:{port}") as ch:
+            who_am_i(ch)
+    finally:
+        server.stop(grace=None).wait()
+    [(direct, properties, _, outcome)] = seen
+    assert direct and b"ssl_tls_version" not in properties
+    assert isinstance(outcome, PeerCertificateError) and outcome.kind == "not_tls13"
