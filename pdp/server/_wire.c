@@ -32,6 +32,7 @@
  */
 #define PY_SSIZE_T_CLEAN
 #include <Python.h>
+#include <structmember.h>
 #include <stdint.h>
 #include <string.h>
 
@@ -767,6 +768,178 @@ error:
     return NULL;
 }
 
+/* --- decision events -----------------------------------------------------------------------
+ *
+ * event_types(Event, fields, DecisionDetails, fields, DECISION, INFO, ALLOW, "allow",
+ * "deny"): pdp.events' Event class and its eight fields, in the order its __init__ takes
+ * them, DecisionDetails and its one field (the row), and the constants a decision event
+ * holds (its type and severity, the effect that is an allow, and the two outcomes).
+ * pdp.server.convert registers them once, checked as request_types' classes are.
+ *
+ * decision_event(request, decision, decision_id, actor, peer, time) -> Event
+ *
+ * What pdp.events.decision_event builds (tests/server/test_wire.py holds the two equal):
+ * Event(DECISION, time, INFO, actor, peer, "allow" or "deny", DecisionDetails((subject.id,
+ * subject.type, action.name, resource.type, resource.id, decision.rule_id,
+ * decision.bundle_version, decision.reason, decision.cached, decision_id)), decision_id),
+ * made as made() makes a Request, without a Python call, and left out of the cycle
+ * collector with its row: built after everything it holds and never assigned to once
+ * emitted (Event's contract), it waits in the audit and detection queues, and tracked it
+ * was walked there by the collections every call's garbage brings on. */
+
+enum { EVENT_FIELDS = 8 };
+static PyTypeObject *event_class = NULL, *details_class = NULL;
+static PyObject *event_slots[EVENT_FIELDS], *row_slot = NULL;
+static PyTypeObject *decision_class = NULL;
+static PyObject *decision_slots[5];
+static PyObject *decision_type = NULL, *info = NULL, *allow = NULL;
+static PyObject *allowed = NULL, *denied = NULL;
+
+/* The attribute names decision_event reads, interned once by event_types. */
+enum { N_SUBJECT, N_ACTION, N_RESOURCE, N_ID, N_TYPE, N_NAME, N_RULE_ID, N_BUNDLE_VERSION,
+       N_REASON, N_CACHED, N_EFFECT, NAMES };
+static const char *const name_text[NAMES] = {
+    "subject", "action", "resource", "id", "type", "name", "rule_id", "bundle_version",
+    "reason", "cached", "effect"};
+static PyObject *names[NAMES];
+
+static int intern_names(void) {
+    for (int i = 0; i < NAMES; i++)
+        if (names[i] == NULL && (names[i] = PyUnicode_InternFromString(name_text[i])) == NULL)
+            return -1;
+    return 0;
+}
+
+static PyObject *event_types(PyObject *module, PyObject *const *args, Py_ssize_t nargs) {
+    (void)module;
+    if (nargs != 11 || !PyUnicode_Check(args[7]) || !PyUnicode_Check(args[8])) {
+        PyErr_SetString(PyExc_TypeError,
+                        "event_types(Event, fields, DecisionDetails, fields, DECISION, INFO, "
+                        "ALLOW, allow, deny, Decision, fields)");
+        return NULL;
+    }
+    if ((no_args == NULL && (no_args = PyTuple_New(0)) == NULL) || intern_names() < 0)
+        return NULL;
+    PyObject *found[EVENT_FIELDS], *row[1];
+    if (slots_of(args[0], args[1], found, EVENT_FIELDS) < 0)
+        return NULL;
+    PyObject *decided[5];
+    if (slots_of(args[2], args[3], row, 1) < 0) {
+        for (int i = 0; i < EVENT_FIELDS; i++)
+            Py_DECREF(found[i]);
+        return NULL;
+    }
+    if (slots_of(args[9], args[10], decided, 5) < 0) {
+        for (int i = 0; i < EVENT_FIELDS; i++)
+            Py_DECREF(found[i]);
+        Py_DECREF(row[0]);
+        return NULL;
+    }
+    for (int i = 0; i < 5; i++)
+        Py_XSETREF(decision_slots[i], decided[i]);
+    Py_XSETREF(decision_class, (PyTypeObject *)Py_NewRef(args[9]));
+    for (int i = 0; i < EVENT_FIELDS; i++)
+        Py_XSETREF(event_slots[i], found[i]);
+    Py_XSETREF(row_slot, row[0]);
+    Py_XSETREF(event_class, (PyTypeObject *)Py_NewRef(args[0]));
+    Py_XSETREF(details_class, (PyTypeObject *)Py_NewRef(args[2]));
+    Py_XSETREF(decision_type, Py_NewRef(args[4]));
+    Py_XSETREF(info, Py_NewRef(args[5]));
+    Py_XSETREF(allow, Py_NewRef(args[6]));
+    Py_XSETREF(allowed, Py_NewRef(args[7]));
+    Py_XSETREF(denied, Py_NewRef(args[8]));
+    Py_RETURN_NONE;
+}
+
+/* A new ``cls`` with ``count`` fields set through ``slots``, untracked (see above). */
+static PyObject *made_of(PyTypeObject *cls, PyObject **slots_, PyObject *const *values,
+                         Py_ssize_t count) {
+    PyObject *obj = cls->tp_new(cls, no_args, NULL);
+    if (obj == NULL)
+        return NULL;
+    for (Py_ssize_t i = 0; i < count; i++) {
+        if (Py_TYPE(slots_[i])->tp_descr_set(slots_[i], obj, values[i]) < 0) {
+            Py_DECREF(obj);
+            return NULL;
+        }
+    }
+    if (PyObject_GC_IsTracked(obj))
+        PyObject_GC_UnTrack(obj);
+    return obj;
+}
+
+/* obj's field ``name`` (a new reference), or NULL with the AttributeError. An instance of
+ * ``cls`` itself (registered, with ``slot`` its member descriptor of that field) is read
+ * where the slot keeps it, as the descriptor reads it; any other object by getattr. */
+static PyObject *field_of(PyObject *obj, PyTypeObject *cls, PyObject *slot, int name) {
+    if (cls != NULL && Py_TYPE(obj) == cls) {
+        PyMemberDef *member = ((PyMemberDescrObject *)slot)->d_member;
+        if (member->type == T_OBJECT_EX) {
+            PyObject *value = *(PyObject **)((char *)obj + member->offset);
+            if (value != NULL)
+                return Py_NewRef(value);
+        }
+    }
+    return PyObject_GetAttr(obj, names[name]);
+}
+
+static PyObject *decision_event(PyObject *module, PyObject *const *args, Py_ssize_t nargs) {
+    (void)module;
+    if (nargs != 6) {
+        PyErr_SetString(PyExc_TypeError,
+                        "decision_event(request, decision, decision_id, actor, peer, time)");
+        return NULL;
+    }
+    if (event_class == NULL) {
+        PyErr_SetString(PyExc_RuntimeError, "event_types() was not called");
+        return NULL;
+    }
+    PyObject *request = args[0], *decision = args[1], *ident = args[2];
+    PyObject *row = PyTuple_New(10), *details = NULL, *effect = NULL, *out = NULL;
+    if (row == NULL)
+        return NULL;
+    /* subject.id, subject.type, action.name, resource.type, resource.id */
+    static const int parts[5] = {SUBJECT, SUBJECT, ACTION, RESOURCE, RESOURCE};
+    static const int part_names[5] = {N_SUBJECT, N_SUBJECT, N_ACTION, N_RESOURCE, N_RESOURCE};
+    static const int fields[5] = {1, 0, 0, 0, 1}; /* Subject(type, id, ...), Action(name, ...) */
+    static const int field_names[5] = {N_ID, N_TYPE, N_NAME, N_TYPE, N_ID};
+    for (int i = 0; i < 5; i++) {
+        int c = parts[i];
+        PyObject *part = field_of(request, classes[REQUEST], slots[REQUEST][c], part_names[i]);
+        if (part == NULL)
+            goto done;
+        PyObject *value = field_of(part, classes[c], slots[c][fields[i]], field_names[i]);
+        Py_DECREF(part);
+        if (value == NULL)
+            goto done;
+        PyTuple_SET_ITEM(row, i, value); /* steals the reference */
+    }
+    /* decision.rule_id, .bundle_version, .reason, .cached: Decision(effect, rule_id, reason,
+     * bundle_version, cached) */
+    static const int decided[4] = {1, 3, 2, 4};
+    for (int i = 0; i < 4; i++) {
+        PyObject *value = field_of(decision, decision_class, decision_slots[decided[i]],
+                                   N_RULE_ID + i);
+        if (value == NULL)
+            goto done;
+        PyTuple_SET_ITEM(row, 5 + i, value);
+    }
+    PyTuple_SET_ITEM(row, 9, Py_NewRef(ident));
+    PyObject_GC_UnTrack(row);
+    if ((details = made_of(details_class, &row_slot, &row, 1)) == NULL)
+        goto done;
+    if ((effect = field_of(decision, decision_class, decision_slots[0], N_EFFECT)) == NULL)
+        goto done;
+    PyObject *values[EVENT_FIELDS] = {decision_type, args[5], info, args[3], args[4],
+                                      effect == allow ? allowed : denied, details, ident};
+    out = made_of(event_class, event_slots, values, EVENT_FIELDS);
+done:
+    Py_DECREF(row);
+    Py_XDECREF(details);
+    Py_XDECREF(effect);
+    return out;
+}
+
 static PyMethodDef methods[] = {
     {"decode_request", decode_request, METH_O,
      "AuthorizeRequest bytes as a tuple of Python values, or None: parse with protobuf."},
@@ -785,6 +958,11 @@ static PyMethodDef methods[] = {
     {"batch_requests", (PyCFunction)(void (*)(void))batch_requests, METH_FASTCALL,
      "The Requests of a decoded batch whose items take subject and action from its "
      "defaults, or None: convert it in Python."},
+    {"event_types", (PyCFunction)(void (*)(void))event_types, METH_FASTCALL,
+     "Register the Event and DecisionDetails classes decision_event builds, with their "
+     "fields, and the constants of a decision event."},
+    {"decision_event", (PyCFunction)(void (*)(void))decision_event, METH_FASTCALL,
+     "The audit event of one decision, as pdp.events.decision_event builds it."},
     {NULL, NULL, 0, NULL},
 };
 

@@ -28,7 +28,7 @@ from pdp.errors import (
     StaleReplicaError,
     TokenError,
 )
-from pdp.events import DecisionCall, Event, EventType, Severity, decision_event
+from pdp.events import DecisionCall, Event, EventType, Severity
 from pdp.policy import Decision, Effect, PolicyEngine, Request
 from pdp.policy.shadow import ShadowEvaluator
 from pdp.security.identity import Peer
@@ -38,6 +38,7 @@ from pdp.server.access import EXPLAIN_ACTION, CallerGate, peer_ip
 from pdp.server.convert import (
     Defaults,
     convert_defaults,
+    decision_event,
     decision_to_pb,
     decoded_defaults,
     decoded_request,
@@ -208,30 +209,51 @@ class AuthorizationService:
     def _authorize(self, raw: bytes, call: _Call) -> tuple[bytes, Decision]:
         """One Authorize: parse (unless known), evaluate, audit, answer (serialized), with
         the decision answered."""
-        known = self._known.get(raw) if len(raw) <= KNOWN_MAX_BYTES else None
+        small = len(raw) <= KNOWN_MAX_BYTES
+        known = self._known.get(raw) if small else None
         if known is not None and known.ip == call.ip:
-            if known.min_sequence:
-                self._check_fresh(known.min_sequence)
-            done = self._evaluate_plain(known.requests[0], call)
+            minimum = known.min_sequence
+            if minimum:
+                self._check_fresh(minimum)
+            request = known.requests[0]
+            small = False  # known already
         elif (decoded := decode_request(raw)) is not None and not (decoded[4] or decoded[5]):
             # The usual request (no service token, no explain), read by the C decoder.
             minimum = decoded[6]
             if minimum:
                 self._check_fresh(minimum)
-            done = self._evaluate_plain(decoded_request(decoded, None, peer_ip=call.ip), call)
-            if done.decision.cached and len(raw) <= KNOWN_MAX_BYTES:
-                self._remember(raw, _Known(call.ip, (done.request,), minimum))
+            request = decoded_request(decoded, None, peer_ip=call.ip)
         else:  # a token or explain to handle, or bytes the C decoder leaves to protobuf
-            try:
-                item = pb.AuthorizeRequest.FromString(raw)
-            except DecodeError as exc:
-                raise _not_a("AuthorizeRequest", exc) from None
-            if item.min_bundle_sequence:
-                self._check_fresh(item.min_bundle_sequence)
-            done = self._evaluate(item, None, call, explain=item.explain)
-            if (done.decision.cached and not item.explain and not item.service_token
-                    and len(raw) <= KNOWN_MAX_BYTES):
-                self._remember(raw, _Known(call.ip, (done.request,), item.min_bundle_sequence))
+            return self._authorize_parsed(raw, call)
+        if self._metering or (self.shadow is not None and self.shadow.policy is not None):
+            done = self._evaluate_plain(request, call)
+            if small and done.decision.cached:
+                self._remember(raw, _Known(call.ip, (request,), minimum))
+            decision = self._final(done, call, self._record([self._event(done, call)]))
+            return encode_response(decision, done.decision_id), decision
+        # The hot path: nothing to meter or compare, so no _Done and no _final.
+        decision = self._engine.decide(request, now=call.now)
+        ident = f"{self._id_prefix}-{next(self._ids)}"
+        if small and decision.cached:
+            self._remember(raw, _Known(call.ip, (request,), minimum))
+        if not self._record_one(decision_event(request, decision, ident, call.peer.identity,
+                                               call.address, call.now)):
+            decision = Decision(Effect.DENY, "", "audit unavailable", decision.bundle_version)
+        return encode_response(decision, ident), decision
+
+    def _authorize_parsed(self, raw: bytes, call: _Call) -> tuple[bytes, Decision]:
+        """:meth:`_authorize` of a request with a service token or explain flag, or bytes
+        the C decoder leaves to protobuf: parsed by protobuf."""
+        try:
+            item = pb.AuthorizeRequest.FromString(raw)
+        except DecodeError as exc:
+            raise _not_a("AuthorizeRequest", exc) from None
+        if item.min_bundle_sequence:
+            self._check_fresh(item.min_bundle_sequence)
+        done = self._evaluate(item, None, call, explain=item.explain)
+        if (done.decision.cached and not item.explain and not item.service_token
+                and len(raw) <= KNOWN_MAX_BYTES):
+            self._remember(raw, _Known(call.ip, (done.request,), item.min_bundle_sequence))
         decision = self._final(done, call, self._record([self._event(done, call)]))
         if done.traces:
             return self._explained(decision, done), decision
@@ -427,8 +449,17 @@ class AuthorizationService:
 
     def _event(self, done: _Done, call: _Call) -> Event:
         """The audit event of one decision."""
-        return decision_event(done.request, done.decision, done.decision_id,
-                              call.peer.identity, call.address, call.now)
+        event: Event = decision_event(done.request, done.decision, done.decision_id,
+                                      call.peer.identity, call.address, call.now)
+        return event
+
+    def _record_one(self, event: Event) -> bool:
+        """Queue one decision's audit event; False when the trail refused it."""
+        try:
+            self._events.emit(event)
+        except AuditUnavailableError:
+            return self._fail_open_audit
+        return True
 
     def _record(self, events: Sequence[Event]) -> bool:
         """Queue the decisions' audit events (all or none); False when the trail refused

@@ -13,8 +13,16 @@ from typing import TYPE_CHECKING, Any, NamedTuple
 from google.protobuf import struct_pb2
 
 from pdp.errors import RequestError
+from pdp.events import DECISION_KEYS, DecisionDetails, Event, EventType, Severity
 from pdp.policy import Action, Decision, Effect, Request, Resource, Subject
-from pdp.server._wire import batch_requests, encode_answers, plain_request, request_types
+from pdp.server._wire import (
+    batch_requests,
+    decision_event,
+    encode_answers,
+    event_types,
+    plain_request,
+    request_types,
+)
 from pdp_client._proto import authorization_pb2 as pb
 
 if TYPE_CHECKING:
@@ -24,12 +32,14 @@ __all__ = [
     "EMPTY",
     "Defaults",
     "convert_defaults",
+    "decision_event",
     "decision_to_pb",
     "decoded_defaults",
     "decoded_request",
     "decoded_requests",
     "encode_batch",
     "encode_response",
+    "register_event_types",
     "register_request_types",
     "service_token_of",
     "struct_to_dict",
@@ -273,18 +283,37 @@ def register_request_types(subject: type = Subject, action: type = Action,
     every field set by __init__, in order, and nothing else run (no __post_init__);
     TypeError otherwise."""
     classes = (subject, action, resource, request)
-    names = []
-    for cls in classes:
-        params = getattr(cls, "__dataclass_params__", None)
-        if params is None or not params.init or "__slots__" not in vars(cls) or any(
-                hasattr(c, "__post_init__") for c in cls.__mro__) or not all(
-                f.init for f in dataclasses.fields(cls)):
-            raise TypeError(f"{cls.__name__} is not a plain slotted dataclass")
-        names.append(tuple(f.name for f in dataclasses.fields(cls)))
+    names = [_plain_fields(cls) for cls in classes]
     request_types(subject, names[0], action, names[1], resource, names[2], request, names[3])
 
 
+def register_event_types(event: type = Event) -> None:
+    """Give decision_event (pdp.server._wire's: what pdp.events.decision_event builds,
+    without a Python call) the Event class it builds, a plain slotted dataclass as
+    register_request_types requires, what a decision event holds, and the Decision class
+    whose fields it reads (as it reads the Request classes register_request_types gave)."""
+    if DECISION_KEYS != ("subject", "subject_type", "action", "resource_type", "resource_id",
+                         "rule_id", "bundle_version", "reason", "cached", "decision_id"):
+        raise TypeError("decision_event builds the details row in another order")
+    if _plain_fields(Decision) != ("effect", "rule_id", "reason", "bundle_version", "cached"):
+        raise TypeError("decision_event reads Decision's fields in another order")
+    event_types(event, _plain_fields(event), DecisionDetails, ("row",), EventType.DECISION,
+                Severity.INFO, Effect.ALLOW, "allow", "deny", Decision, _plain_fields(Decision))
+
+
+def _plain_fields(cls: type) -> tuple[str, ...]:
+    """The fields of ``cls``, a slotted dataclass whose __init__ sets each of them, in order,
+    and runs nothing else; TypeError otherwise."""
+    params = getattr(cls, "__dataclass_params__", None)
+    if params is None or not params.init or "__slots__" not in vars(cls) or any(
+            hasattr(c, "__post_init__") for c in cls.__mro__) or not all(
+            f.init for f in dataclasses.fields(cls)):
+        raise TypeError(f"{cls.__name__} is not a plain slotted dataclass")
+    return tuple(f.name for f in dataclasses.fields(cls))
+
+
 register_request_types()
+register_event_types()
 
 _ALLOW = pb.DECISION_ALLOW
 _DENY = pb.DECISION_DENY

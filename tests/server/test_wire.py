@@ -16,6 +16,7 @@ import gc
 import math
 import random
 import struct
+import types
 from typing import Any, NamedTuple
 
 import grpc
@@ -24,20 +25,25 @@ from google.protobuf.message import DecodeError
 from hypothesis import HealthCheck, given, settings
 from hypothesis import strategies as st
 
+from pdp import events
 from pdp.errors import RequestError
-from pdp.policy import Action, Request, Resource, Subject
+from pdp.events import Event
+from pdp.policy import Action, Decision, Effect, Request, Resource, Subject
 from pdp.server._wire import (
     batch_requests,
     decode_batch,
     decode_request,
+    event_types,
     plain_request,
     request_types,
 )
+from pdp.server._wire import decision_event as c_decision_event
 from pdp.server.convert import (
     convert_defaults,
     decoded_defaults,
     decoded_request,
     decoded_requests,
+    register_event_types,
     register_request_types,
     to_policy_request,
 )
@@ -564,3 +570,80 @@ def test_a_decoded_batch_is_held_to_its_defaults_bundle_sequence(harness: Harnes
         with pytest.raises(grpc.RpcError) as err:
             _raw_call(harness, "/pdp.v1.Authorization/AuthorizeBatch", data)
         assert err.value.code() is grpc.StatusCode.FAILED_PRECONDITION
+
+
+# --- decision events --------------------------------------------------------------------------
+
+_decisions = st.builds(Decision, st.sampled_from([Effect.ALLOW, Effect.DENY]), _texts, _texts,
+                       _texts, st.booleans())
+_engine_requests = st.builds(
+    Request, st.builds(Subject, _texts, _texts, _structs), st.builds(Action, _texts, _structs),
+    st.builds(Resource, _texts, _texts, _structs), _structs, st.one_of(st.none(), _texts))
+
+
+@given(_engine_requests, _decisions, _texts, _texts, _texts,
+       st.floats(allow_nan=False, allow_infinity=False))
+def test_a_decision_event_built_in_c_is_the_one_python_builds(
+        request: Request, decision: Decision, ident: str, actor: str, peer: str,
+        time: float) -> None:
+    """pdp.server._wire.decision_event (the Authorize path's) builds what
+    pdp.events.decision_event builds: every field, the details of the same class in the
+    same order, the same objects."""
+    built = c_decision_event(request, decision, ident, actor, peer, time)
+    reference = events.decision_event(request, decision, ident, actor, peer, time)
+    assert type(built) is Event and type(built.details) is events.DecisionDetails
+    assert built == reference
+    assert built.details.row == reference.details.row
+    assert all(a is b for a, b in zip(built.details.row, reference.details.row, strict=True))
+    assert built.outcome == ("allow" if decision.effect is Effect.ALLOW else "deny")
+
+
+def test_a_decision_event_built_in_c_is_left_out_of_the_cycle_collector() -> None:
+    """As the Requests it records: the event, its details and their row are not tracked;
+    what they hold still is, and the event reads the same after a collection."""
+    request = Request(Subject("user", "alice", {}), Action("read", {}),
+                      Resource("doc", "d1", {"tags": ["a"]}), {}, IP)
+    built = c_decision_event(request, Decision(Effect.ALLOW, "r1", "rule", "v1"), "p-1",
+                             "spiffe://x", "ipv4:10.1.2.3:5", 1.0)
+    for part in (built, built.details, built.details.row):
+        assert not gc.is_tracked(part)
+    assert gc.is_tracked(request.resource.properties)
+    gc.collect()
+    assert dict(built.details)["resource_id"] == "d1" and built.event_id == "p-1"
+
+
+def test_a_decision_event_of_other_classes_reads_their_attributes() -> None:
+    """Objects that are not the registered classes (a subclass, a namespace) are read by
+    attribute, and one that lacks an attribute raises AttributeError, as in Python."""
+
+    @dataclasses.dataclass(frozen=True)
+    class Later(Decision):
+        note: str = ""
+
+    ns = types.SimpleNamespace
+    request = ns(subject=ns(id="alice", type="user"), action=ns(name="read"),
+                 resource=ns(type="doc", id="d1"))
+    decision = Later(Effect.DENY, "", "no rule", "v2", True, note="x")
+    built = c_decision_event(request, decision, "p-2", "a", "p", 2.0)
+    assert built == events.decision_event(request, decision, "p-2", "a", "p", 2.0)
+    with pytest.raises(AttributeError, match="resource"):
+        c_decision_event(ns(subject=request.subject, action=request.action), decision,
+                         "p-3", "a", "p", 2.0)
+    unset = Decision.__new__(Decision)  # its slots never set
+    with pytest.raises(AttributeError):
+        c_decision_event(request, unset, "p-4", "a", "p", 2.0)
+
+
+def test_event_types_refuses_classes_that_are_not_plain_slotted_dataclasses() -> None:
+    @dataclasses.dataclass
+    class Unslotted:
+        type: Any = None
+
+    with pytest.raises(TypeError, match="not a plain slotted dataclass"):
+        register_event_types(Unslotted)
+    with pytest.raises(TypeError, match=r"event_types\("):
+        event_types(Event)
+    register_event_types()  # the registration in force stays the real one
+    assert type(c_decision_event(
+        Request(Subject("u", "a", {}), Action("r", {}), Resource("d", "1", {}), {}, None),
+        Decision(Effect.ALLOW, "r", "rule", "v"), "i", "a", "p", 0.0)) is Event
