@@ -4,7 +4,7 @@ VENV   := .venv
 BIN    := $(VENV)/bin
 STAMP  := $(VENV)/.installed
 
-.PHONY: run test lint typecheck pytest proto bench bench-quick bench-ab clean
+.PHONY: run test lint typecheck pytest proto bench bench-quick bench-ab bench-clients clean
 
 $(STAMP): pyproject.toml setup.py clients/python/pyproject.toml pdp/server/_wire.c pdp/policy/_json.c \
 		pdp/policy/_doorkeeper.c
@@ -43,6 +43,10 @@ bench-quick: $(STAMP)
 bench-ab: $(STAMP)
 	@test -n "$(OLD)" || { echo "usage: make bench-ab OLD=<revision>"; exit 2; }
 	$(BIN)/python -m benchmarks.ab $(OLD)
+
+## bench-clients: is the client the bottleneck? the same load from 1 to 4 load generators
+bench-clients: $(STAMP)
+	$(BIN)/python -m benchmarks.clients
 
 clean:
 	rm -rf $(VENV) .pytest_cache .mypy_cache .ruff_cache

@@ -43,6 +43,7 @@ class Window:
     server_cpu_us_per_call: float  # server process CPU time / calls
     client_cpu_pct: float  # load generators' CPU / (window x client cores)
     first_error: str = ""
+    workers: int = 0  # load-generator processes that sent this window's calls
 
 
 def window(results: Sequence[WorkerResult], server_cpu_s: float, *,
@@ -60,7 +61,7 @@ def window(results: Sequence[WorkerResult], server_cpu_s: float, *,
         p50_ms=percentile(lat, 50) * 1e3, p99_ms=percentile(lat, 99) * 1e3,
         server_cpu_us_per_call=server_cpu_s / calls * 1e6 if calls else 0.0,
         client_cpu_pct=100 * cpu / (seconds * client_cores),
-        first_error=errors[0] if errors else "")
+        first_error=errors[0] if errors else "", workers=len(results))
 
 
 @dataclass
