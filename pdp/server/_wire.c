@@ -581,9 +581,10 @@ static PyObject *no_args = NULL;
 
 /* The member descriptors of ``names`` (a tuple of ``count``), each a slot of ``cls`` itself,
  * into ``out`` (new references); -1 with TypeError, and nothing kept, otherwise. */
-static int slots_of(PyObject *cls, PyObject *names, PyObject **out, Py_ssize_t count) {
+static int slots_of(const char *who, PyObject *cls, PyObject *names, PyObject **out,
+                    Py_ssize_t count) {
     if (!PyType_Check(cls) || !PyTuple_Check(names) || PyTuple_GET_SIZE(names) != count) {
-        PyErr_SetString(PyExc_TypeError, "request_types: a class and a tuple of its fields");
+        PyErr_Format(PyExc_TypeError, "%s: a class and a tuple of its %zd fields", who, count);
         return -1;
     }
     for (Py_ssize_t i = 0; i < count; i++) {
@@ -595,7 +596,7 @@ static int slots_of(PyObject *cls, PyObject *names, PyObject **out, Py_ssize_t c
             for (Py_ssize_t j = 0; j < i; j++)
                 Py_CLEAR(out[j]);
             PyErr_Clear();
-            PyErr_Format(PyExc_TypeError, "request_types: %R is not a slot of %R", name, cls);
+            PyErr_Format(PyExc_TypeError, "%s: %R is not a slot of %R", who, name, cls);
             return -1;
         }
         out[i] = slot;
@@ -613,7 +614,8 @@ static PyObject *request_types(PyObject *module, PyObject *const *args, Py_ssize
         return NULL;
     PyObject *found[CLASSES][MOST_FIELDS];
     for (int c = 0; c < CLASSES; c++) {
-        if (slots_of(args[2 * c], args[2 * c + 1], found[c], field_count[c]) < 0) {
+        if (slots_of("request_types", args[2 * c], args[2 * c + 1], found[c],
+                     field_count[c]) < 0) {
             for (int k = 0; k < c; k++)
                 for (Py_ssize_t i = 0; i < field_count[k]; i++)
                     Py_DECREF(found[k][i]);
@@ -629,21 +631,20 @@ static PyObject *request_types(PyObject *module, PyObject *const *args, Py_ssize
     Py_RETURN_NONE;
 }
 
-/* A new instance of class ``c`` with its fields set from ``values`` through its slots, left
- * out of the cycle collector: it cannot be part of a cycle, being made after every value it
+/* A new ``cls`` with its ``count`` fields set from ``values`` through ``slots_`` (its member
+ * descriptors), as a slotted dataclass's __init__ sets them, left out of the cycle collector: it cannot be part of a cycle, being made after every value it
  * holds and never assigned to afterwards (the engine's contract, see _REQUEST_NOTE in
  * pdp/policy/model.py), and a batch's Requests wait in the audit and detection queues long
  * enough to be walked by several collections: tracked, the collector cost ~70 µs of server
  * CPU per AuthorizeBatch(100) call, ~27-30 without them. It is still freed by its reference
  * count; what it holds stays tracked. */
-static PyObject *made(int c, PyObject *const *values) {
-    PyTypeObject *cls = classes[c];
+static PyObject *made_of(PyTypeObject *cls, PyObject *const *slots_, PyObject *const *values,
+                         Py_ssize_t count) {
     PyObject *obj = cls->tp_new(cls, no_args, NULL);
     if (obj == NULL)
         return NULL;
-    for (Py_ssize_t i = 0; i < field_count[c]; i++) {
-        PyObject *slot = slots[c][i];
-        if (Py_TYPE(slot)->tp_descr_set(slot, obj, values[i]) < 0) {
+    for (Py_ssize_t i = 0; i < count; i++) {
+        if (Py_TYPE(slots_[i])->tp_descr_set(slots_[i], obj, values[i]) < 0) {
             Py_DECREF(obj);
             return NULL;
         }
@@ -651,6 +652,11 @@ static PyObject *made(int c, PyObject *const *values) {
     if (PyObject_GC_IsTracked(obj))
         PyObject_GC_UnTrack(obj);
     return obj;
+}
+
+/* made_of for the registered class ``c`` (SUBJECT, ACTION, RESOURCE or REQUEST). */
+static PyObject *made(int c, PyObject *const *values) {
+    return made_of(classes[c], slots[c], values, field_count[c]);
 }
 
 /* ``text`` is a str of 1 (0 when ``may_be_empty``) to ``most`` code points. */
@@ -771,10 +777,12 @@ error:
 /* --- decision events -----------------------------------------------------------------------
  *
  * event_types(Event, fields, DecisionDetails, fields, DECISION, INFO, ALLOW, "allow",
- * "deny"): pdp.events' Event class and its eight fields, in the order its __init__ takes
- * them, DecisionDetails and its one field (the row), and the constants a decision event
- * holds (its type and severity, the effect that is an allow, and the two outcomes).
- * pdp.server.convert registers them once, checked as request_types' classes are.
+ * "deny", Decision, fields): pdp.events' Event class and its eight fields, in the order its
+ * __init__ takes them, DecisionDetails and its one field (the row), the constants a
+ * decision event holds (its type and severity, the effect that is an allow, and the two
+ * outcomes), and the engine's Decision class with its five fields, read where its slots
+ * keep them. pdp.server.convert registers them once, checked as request_types' classes
+ * are.
  *
  * decision_event(request, decision, decision_id, actor, peer, time) -> Event
  *
@@ -782,7 +790,7 @@ error:
  * Event(DECISION, time, INFO, actor, peer, "allow" or "deny", DecisionDetails((subject.id,
  * subject.type, action.name, resource.type, resource.id, decision.rule_id,
  * decision.bundle_version, decision.reason, decision.cached, decision_id)), decision_id),
- * made as made() makes a Request, without a Python call, and left out of the cycle
+ * made by made_of as a Request is, without a Python call, and left out of the cycle
  * collector with its row: built after everything it holds and never assigned to once
  * emitted (Event's contract), it waits in the audit and detection queues, and tracked it
  * was walked there by the collections every call's garbage brings on. */
@@ -821,15 +829,15 @@ static PyObject *event_types(PyObject *module, PyObject *const *args, Py_ssize_t
     if ((no_args == NULL && (no_args = PyTuple_New(0)) == NULL) || intern_names() < 0)
         return NULL;
     PyObject *found[EVENT_FIELDS], *row[1];
-    if (slots_of(args[0], args[1], found, EVENT_FIELDS) < 0)
+    if (slots_of("event_types", args[0], args[1], found, EVENT_FIELDS) < 0)
         return NULL;
     PyObject *decided[5];
-    if (slots_of(args[2], args[3], row, 1) < 0) {
+    if (slots_of("event_types", args[2], args[3], row, 1) < 0) {
         for (int i = 0; i < EVENT_FIELDS; i++)
             Py_DECREF(found[i]);
         return NULL;
     }
-    if (slots_of(args[9], args[10], decided, 5) < 0) {
+    if (slots_of("event_types", args[9], args[10], decided, 5) < 0) {
         for (int i = 0; i < EVENT_FIELDS; i++)
             Py_DECREF(found[i]);
         Py_DECREF(row[0]);
@@ -849,23 +857,6 @@ static PyObject *event_types(PyObject *module, PyObject *const *args, Py_ssize_t
     Py_XSETREF(allowed, Py_NewRef(args[7]));
     Py_XSETREF(denied, Py_NewRef(args[8]));
     Py_RETURN_NONE;
-}
-
-/* A new ``cls`` with ``count`` fields set through ``slots``, untracked (see above). */
-static PyObject *made_of(PyTypeObject *cls, PyObject **slots_, PyObject *const *values,
-                         Py_ssize_t count) {
-    PyObject *obj = cls->tp_new(cls, no_args, NULL);
-    if (obj == NULL)
-        return NULL;
-    for (Py_ssize_t i = 0; i < count; i++) {
-        if (Py_TYPE(slots_[i])->tp_descr_set(slots_[i], obj, values[i]) < 0) {
-            Py_DECREF(obj);
-            return NULL;
-        }
-    }
-    if (PyObject_GC_IsTracked(obj))
-        PyObject_GC_UnTrack(obj);
-    return obj;
 }
 
 /* obj's field ``name`` (a new reference), or NULL with the AttributeError. An instance of

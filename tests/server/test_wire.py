@@ -643,6 +643,15 @@ def test_event_types_refuses_classes_that_are_not_plain_slotted_dataclasses() ->
         register_event_types(Unslotted)
     with pytest.raises(TypeError, match=r"event_types\("):
         event_types(Event)
+    fields = tuple(f.name for f in dataclasses.fields(Event))
+    with pytest.raises(TypeError, match="event_types: 'nope' is not a slot of"):
+        event_types(Event, fields, events.DecisionDetails, ("row",), events.EventType.DECISION,
+                    events.Severity.INFO, Effect.ALLOW, "allow", "deny", Decision,
+                    ("effect", "rule_id", "reason", "bundle_version", "nope"))
+    with pytest.raises(TypeError, match="event_types: a class and a tuple of its 8 fields"):
+        event_types(Event, fields[:7], events.DecisionDetails, ("row",),
+                    events.EventType.DECISION, events.Severity.INFO, Effect.ALLOW, "allow",
+                    "deny", Decision, ("effect", "rule_id", "reason", "bundle_version", "cached"))
     register_event_types()  # the registration in force stays the real one
     assert type(c_decision_event(
         Request(Subject("u", "a", {}), Action("r", {}), Resource("d", "1", {}), {}, None),
