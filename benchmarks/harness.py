@@ -33,8 +33,10 @@ __all__ = [
     "code_env",
     "cpu_seconds",
     "free_port",
+    "launcher",
     "pinned",
     "rss_bytes",
+    "scheduling_policies",
     "settle",
     "start_floor",
     "start_pdp",
@@ -78,6 +80,38 @@ def pinned(cores: str | None) -> list[str]:
     if cores is None or shutil.which("taskset") is None:
         return []
     return ["taskset", "-c", cores]
+
+
+# CPU scheduling policies a server can be started under (see benchmarks.scheduling): Linux's
+# default, and SCHED_BATCH, whose threads do not preempt the running thread when they wake.
+POLICIES = {"normal": os.SCHED_OTHER, "batch": os.SCHED_BATCH}
+
+
+def launcher(cores: str | None, policy: str = "normal") -> list[str]:
+    """The command prefix that starts a server pinned to ``cores`` (see :func:`pinned`) under
+    the CPU scheduling ``policy`` (one of POLICIES; "batch" through `chrt --batch 0`, whose
+    policy the process's threads inherit). Raises RuntimeError when chrt is missing for
+    "batch", ValueError for another policy."""
+    if policy not in POLICIES:
+        raise ValueError(f"unknown scheduling policy {policy!r}; known: {', '.join(POLICIES)}")
+    if policy == "normal":
+        return pinned(cores)
+    if shutil.which("chrt") is None:
+        raise RuntimeError("chrt (util-linux) is not installed: cannot start a server under "
+                           "SCHED_BATCH")
+    return ["chrt", "--batch", "0", *pinned(cores)]
+
+
+def scheduling_policies(pid: int) -> set[str]:
+    """The scheduling policies (names of POLICIES, or the number of another) that the
+    threads of process ``pid`` run under now."""
+    names = {number: name for name, number in POLICIES.items()}
+    seen = set()
+    for task in Path(f"/proc/{pid}/task").iterdir():
+        with contextlib.suppress(OSError):  # a thread that just ended
+            number = os.sched_getscheduler(int(task.name))
+            seen.add(names.get(number, str(number)))
+    return seen
 
 
 def cpu_seconds(pid: int) -> float:
@@ -274,7 +308,7 @@ def code_env(code: Path | None) -> dict[str, str] | None:
 def start_pdp(env: BenchEnv, name: str, *, cores: str | None, port: int | None = None,
               threads: int = 16, extra: str = "", cache_size: int = 100_000,
               bundle: SignedBundle | None = None, workers: int = 1,
-              code: Path | None = None) -> ServerProc:
+              code: Path | None = None, policy: str = "normal") -> ServerProc:
     """Start `pdp serve` in its own directory (its own SQLite store and audit); push ``bundle``.
 
     ``workers`` > 1 runs that many processes on the data port (`[server] workers`); the bundle
@@ -292,7 +326,8 @@ def start_pdp(env: BenchEnv, name: str, *, cores: str | None, port: int | None =
         td=TRUST_DOMAIN, public_key=env.public_key, cache_size=cache_size) + extra)
     with (directory / "server.log").open("wb") as log:  # the child keeps its own descriptor
         proc = subprocess.Popen(
-            [*pinned(cores), sys.executable, "-m", "pdp.cli", "serve", "--config", str(config)],
+            [*launcher(cores, policy), sys.executable, "-m", "pdp.cli", "serve", "--config",
+             str(config)],
             cwd=directory, stdout=log, stderr=subprocess.STDOUT, env=code_env(code))
     server = ServerProc(name, proc, data_port, admin_port, directory)
     env.servers.append(server)
@@ -305,10 +340,11 @@ def start_pdp(env: BenchEnv, name: str, *, cores: str | None, port: int | None =
 
 
 def start_floor(env: BenchEnv, name: str, *, cores: str | None, threads: int = 16,
-                plaintext: bool = False) -> ServerProc:
-    """Start the no-op floor server (benchmarks.floor) with the server certificate."""
+                plaintext: bool = False, policy: str = "normal") -> ServerProc:
+    """Start the no-op floor server (benchmarks.floor) with the server certificate, under
+    the CPU scheduling ``policy`` (see :func:`launcher`)."""
     port = free_port()
-    args = [*pinned(cores), sys.executable, "-m", "benchmarks.floor", "--port", str(port),
+    args = [*launcher(cores, policy), sys.executable, "-m", "benchmarks.floor", "--port", str(port),
             "--threads", str(threads), "--cert", str(env.pki.server_cert),
             "--key", str(env.pki.server_key), "--ca", str(env.pki.ca_cert)]
     if plaintext:
