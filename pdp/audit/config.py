@@ -21,7 +21,8 @@ class AuditConfig:
     dir: Path = Path("audit")  # directory of audit-NNNNNN.jsonl files and audit.head
     max_file_bytes: int = 64 * _MIB  # rotate to a new file once a file would exceed this size
     fsync: Literal["always", "batch", "never"] = "batch"  # always: per record; batch: per batch
-    queue_size: int = 100_000  # decisions accepted but not yet written; full queue refuses
+    queue_size: int = 100_000  # decisions accepted but not yet written; see queue_wait
+    queue_wait: float = 1.0  # seconds a decision waits for room in a full queue, then refused
     batch_max: int = 1024  # most decision records written with one write + flush
     flush_interval: float = 0.05  # seconds the writer waits to fill a batch before writing
     sample_allow: float = 1.0  # fraction of allow decisions kept (denies are always kept)
@@ -33,6 +34,8 @@ class AuditConfig:
             raise ValueError("max_file_bytes must be at least 4096")
         if self.queue_size < 1:
             raise ValueError("queue_size must be at least 1")
+        if not self.queue_wait >= 0:
+            raise ValueError("queue_wait must be 0 or more seconds")
         if self.batch_max < 1:
             raise ValueError("batch_max must be at least 1")
         if not self.flush_interval > 0:

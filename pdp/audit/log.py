@@ -60,8 +60,9 @@ class AuditLog:
     """The hash-chained audit trail of one process; an EventSink.
 
     ``emit`` of a decision queues it (raising AuditUnavailableError when the log is
-    unhealthy or the queue is full, unless ``fail_open``); any other event is written,
-    flushed and (unless fsync="never") fsynced before ``emit`` returns.
+    unhealthy, or the queue stays full for ``queue_wait`` seconds, unless ``fail_open``);
+    any other event is written, flushed and (unless fsync="never") fsynced before ``emit``
+    returns.
     """
 
     def __init__(self, config: AuditConfig, *, clock: Clock) -> None:
@@ -77,7 +78,13 @@ class AuditLog:
         self._queue_size = config.queue_size
         self._batch_max = config.batch_max
         self._sync = config.fsync != "never"
-        self._cond = threading.Condition()  # guards _pending, _closing
+        lock = threading.RLock()
+        self._cond = threading.Condition(lock)  # guards _pending, _closing; wakes the writer
+        # Decisions waiting for room in a full queue (see _wait_for_room) wait on _room, and
+        # the writer wakes them when it takes a batch off the queue.
+        self._room = threading.Condition(lock)
+        self._waiting = 0  # how many wait on _room (under the lock)
+        self._queue_wait = config.queue_wait
         self._wlock = threading.Lock()  # the one writer order: held while records are chained
         self._pending: collections.deque[Event | DecisionBatch] = collections.deque()
         # Decisions queued inside DecisionBatch records beyond one each: the queue's bound
@@ -138,7 +145,8 @@ class AuditLog:
         if self._sampling and event.outcome == "allow" and self._sampled_out(event):
             return
         pending = self._pending
-        if self.healthy and self._accepting and len(pending) + self._extra < self._queue_size:
+        if ((self.healthy and self._accepting and len(pending) + self._extra < self._queue_size)
+                or self._wait_for_room(1)):
             pending.append(event)
             if len(pending) >= self._batch_max:
                 with self._cond:  # a full batch: write it now rather than at the next tick
@@ -162,8 +170,9 @@ class AuditLog:
             call = False
         count = len(events)
         pending = self._pending
-        if (self.healthy and self._accepting
-                and len(pending) + self._extra + count <= self._queue_size):
+        if ((self.healthy and self._accepting
+                and len(pending) + self._extra + count <= self._queue_size)
+                or self._wait_for_room(count)):
             if count > 1 and (call or _one_call(events)):
                 self._extra += count - 1
                 pending.append(DecisionBatch(events))
@@ -174,7 +183,7 @@ class AuditLog:
                     self._cond.notify()
             return
         if self.healthy and self._accepting and not self.config.fail_open:
-            # Running, but the queue has no room for the whole batch: keep none of it.
+            # Running, but the queue had no room for the whole batch in time: keep none.
             raise AuditUnavailableError("audit unavailable: queue full")
         for event in events:  # refused (the first raises) or kept fail-open, as one by one
             self._emit_decision_refused(event)
@@ -210,6 +219,7 @@ class AuditLog:
             self._closing = True
             self._accepting = False
             self._cond.notify_all()
+            self._room.notify_all()  # decisions waiting for room: refused now
         deadline = time.monotonic() + timeout
         if self._thread is not None:
             self._thread.join(max(0.0, timeout))
@@ -237,6 +247,33 @@ class AuditLog:
         if int.from_bytes(hashlib.sha256(key).digest()[:8], "big") >= self._threshold:
             self.sampled_out += 1
             return True
+        return False
+
+    def _wait_for_room(self, count: int) -> bool:
+        """Wait, at most ``queue_wait`` seconds, for room for ``count`` more decisions in a
+        full queue, with the writer woken to make it: back-pressure on the callers when the
+        writer falls behind, where refusing at once answered DENY to a burst. True when
+        there is room (the caller queues them); False at once when waiting is off or could
+        never help (more than the whole queue), and when the time is up or the trail stops
+        being writable or running meanwhile: the caller then refuses (or fails open) as
+        before."""
+        wait = self._queue_wait
+        if not wait or count > self._queue_size:
+            return False
+        deadline = time.monotonic() + wait
+        with self._cond:
+            self._waiting += 1
+            try:
+                while self.healthy and self._accepting:
+                    if len(self._pending) + self._extra + count <= self._queue_size:
+                        return True
+                    left = deadline - time.monotonic()
+                    if left <= 0:
+                        break
+                    self._cond.notify()  # the writer: write now, not at its next tick
+                    self._room.wait(left)
+            finally:
+                self._waiting -= 1
         return False
 
     def _emit_decision_refused(self, event: Event) -> None:
@@ -302,7 +339,8 @@ class AuditLog:
                     and len(self._pending) < self.config.batch_max
                 ):
                     self._cond.wait_for(
-                        lambda: self._closing or len(self._pending) >= self.config.batch_max,
+                        lambda: (self._closing or self._waiting > 0
+                                 or len(self._pending) >= self.config.batch_max),
                         timeout=self.config.flush_interval,
                     )
                 idle = not self._pending
@@ -323,6 +361,8 @@ class AuditLog:
                 pop = pending.popleft
                 batch = [pop() for _ in range(count)]
                 self._extra -= _extra_in(batch)
+                if self._waiting:
+                    self._room.notify_all()  # room for the decisions waiting for it
             if not batch:
                 return True
             try:
@@ -352,6 +392,7 @@ class AuditLog:
         self._dirty = True
         with self._cond:  # wake the writer so it starts probing
             self._cond.notify_all()
+            self._room.notify_all()  # decisions waiting for room: refused now
 
     def _set_healthy(self) -> None:
         if not self.healthy and self._started:

@@ -198,7 +198,7 @@ CHILD = textwrap.dedent(
     from pdp.errors import AuditUnavailableError
 
     log = AuditLog(AuditConfig(dir={dir!r}, queue_size=3000, batch_max=100000,
-                               flush_interval=600.0), clock=FakeClock())
+                               flush_interval=600.0, queue_wait=0), clock=FakeClock())
     log.start()
 
     def on_term(signum, frame):

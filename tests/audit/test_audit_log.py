@@ -226,7 +226,7 @@ def test_sample_allow_zero_still_keeps_denies(make_log: Callable[..., AuditLog])
 def test_full_queue_refuses_decisions_and_close_loses_none(
     make_log: Callable[..., AuditLog], tmp_path: Path
 ) -> None:
-    log = make_log(queue_size=50, batch_max=10_000, flush_interval=60.0)
+    log = make_log(queue_size=50, batch_max=10_000, flush_interval=60.0, queue_wait=0)
     accepted = []
     for _ in range(50):
         event = decision("deny")
@@ -242,10 +242,82 @@ def test_full_queue_refuses_decisions_and_close_loses_none(
         log.emit(decision("deny"))
 
 
+def test_a_decision_waits_for_room_in_a_full_queue_and_is_kept(
+    make_log: Callable[..., AuditLog], tmp_path: Path
+) -> None:
+    """Back-pressure: with the queue full and the writer waiting for its next tick (a
+    minute away), a decision waits for room, the writer is woken to make it, and the
+    decision is kept, in order, instead of refused."""
+    log = make_log(queue_size=5, batch_max=10_000, flush_interval=60.0, queue_wait=30.0)
+    first = [decision("deny") for _ in range(5)]
+    for event in first:
+        log.emit(event)
+    late, batch = decision("deny"), [decision("allow") for _ in range(3)]
+    log.emit(late)  # the queue is full: waits until the writer took the five
+    log.emit_all(batch)  # the same for a batch, kept whole
+    log.close(timeout=10.0)
+    written = records(tmp_path / "audit")
+    assert [r["event_id"] for r in written[:6]] == [e.event_id for e in [*first, late]]
+    assert [d["decision_id"] for d in written[6]["details"]["decisions"]] == [
+        e.details["decision_id"] for e in batch]
+    assert log.lost == 0 and verify_dir(tmp_path / "audit").records == 7
+
+
+def test_a_full_queue_refuses_once_queue_wait_is_over(
+    make_log: Callable[..., AuditLog], tmp_path: Path
+) -> None:
+    """A writer that cannot catch up (here: held off the chain's lock, as a slow disk would
+    hold it) leaves the decisions waiting for room refused after queue_wait, a batch whole;
+    a batch larger than the whole queue is refused without waiting."""
+    log = make_log(queue_size=5, batch_max=10_000, flush_interval=60.0, queue_wait=0.2)
+    accepted = [decision("deny") for _ in range(5)]
+    with log._wlock:  # the writer's lock: it cannot write meanwhile
+        for event in accepted:
+            log.emit(event)
+        with pytest.raises(AuditUnavailableError, match="queue full"):
+            log.emit(decision("deny"))
+        with pytest.raises(AuditUnavailableError, match="queue full"):
+            log.emit_all([decision("deny") for _ in range(2)])
+        assert log.queue_depth == 5
+    with pytest.raises(AuditUnavailableError, match="queue full"):
+        log.emit_all([decision("deny") for _ in range(6)])  # could never fit: at once
+    log.close(timeout=10.0)
+    assert [r["event_id"] for r in records(tmp_path / "audit")] == [
+        e.event_id for e in accepted]
+
+
+def test_closing_refuses_the_decisions_waiting_for_room(
+    make_log: Callable[..., AuditLog], tmp_path: Path
+) -> None:
+    log = make_log(queue_size=1, batch_max=10_000, flush_interval=60.0, queue_wait=60.0)
+    log.emit(decision("deny"))
+    outcome: list[BaseException | None] = []
+
+    def waiter() -> None:
+        try:
+            log.emit(decision("deny"))
+            outcome.append(None)
+        except AuditUnavailableError as exc:
+            outcome.append(exc)
+
+    with log._wlock:  # the writer cannot make room
+        thread = threading.Thread(target=waiter)
+        thread.start()
+        wait_until(lambda: log._waiting == 1)
+        closing = threading.Thread(target=log.close, kwargs={"timeout": 10.0})
+        closing.start()
+        thread.join(timeout=10.0)  # woken by close(), well before its 60 s
+        assert not thread.is_alive()
+    closing.join(timeout=30.0)
+    [error] = outcome
+    assert isinstance(error, AuditUnavailableError)
+    assert len(records(tmp_path / "audit")) == 1  # the one accepted before
+
+
 def test_a_batch_is_kept_whole_or_refused_whole(
     make_log: Callable[..., AuditLog], tmp_path: Path
 ) -> None:
-    log = make_log(queue_size=10, batch_max=10_000, flush_interval=60.0)
+    log = make_log(queue_size=10, batch_max=10_000, flush_interval=60.0, queue_wait=0)
     first = [decision("allow") for _ in range(6)]
     log.emit_all(first)
     assert log.queue_depth == 6
@@ -402,6 +474,9 @@ def test_config_section_from_toml_table(tmp_path: Path) -> None:
         build_section(AuditConfig, {"sample_allow": 1.5}, where="[audit]")
     with pytest.raises(ConfigError, match="queue_size"):
         build_section(AuditConfig, {"queue_size": 0}, where="[audit]")
+    with pytest.raises(ConfigError, match="queue_wait must be 0 or more seconds"):
+        build_section(AuditConfig, {"queue_wait": -1}, where="[audit]")
+    assert build_section(AuditConfig, {"queue_wait": 0}, where="[audit]").queue_wait == 0
 
 
 def test_writer_probes_without_traffic(make_log: Callable[..., AuditLog]) -> None:
@@ -437,7 +512,7 @@ def test_a_calls_decisions_are_one_record_kept_whole_or_refused_whole(
 ) -> None:
     """The server's DecisionCall: one decision.batch record of its decisions, read from its
     lists; refused whole when the queue has no room for all; one decision a plain record."""
-    log = make_log(queue_size=5, batch_max=10_000, flush_interval=60.0)
+    log = make_log(queue_size=5, batch_max=10_000, flush_interval=60.0, queue_wait=0)
     mixed = _call("ada")
     log.emit_all(mixed)
     with pytest.raises(AuditUnavailableError, match="queue full"):

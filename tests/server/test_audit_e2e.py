@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import json
+import threading
 import time
 from collections.abc import Callable
 from pathlib import Path
@@ -159,3 +160,41 @@ def harness_bundle() -> str:
     from tests.server.conftest import TEST_BUNDLE
 
     return TEST_BUNDLE
+
+
+def test_a_burst_beyond_the_audit_queue_waits_for_room_and_is_answered_in_full(
+        start_server: Callable[..., Harness]) -> None:
+    """Back-pressure end to end: batches from four callers at once hold far more decisions
+    than the audit queue (20) and arrive while the writer waits for its next tick (5 s away).
+    Each call waits for room rather than being answered DENY "audit unavailable"; every
+    decision is answered by the policy and recorded in the chain."""
+    harness = start_server(extra="[audit]\nqueue_size = 20\nbatch_max = 10000\n"
+                                 "flush_interval = 5.0\nqueue_wait = 30.0\n")
+    stub = harness.authz()
+    answers: list[authorization_pb2.AuthorizeResponse] = []
+    errors: list[BaseException] = []
+
+    def caller(who: int) -> None:
+        try:
+            for n in range(5):
+                batch = authorization_pb2.AuthorizeBatchRequest(requests=[
+                    authorize_request("alice", "read", f"c{who}-{n}-{i}") for i in range(15)])
+                answers.extend(stub.AuthorizeBatch(batch, timeout=60).responses)
+        except BaseException as exc:  # reported below, with the answers
+            errors.append(exc)
+
+    threads = [threading.Thread(target=caller, args=(who,)) for who in range(4)]
+    for thread in threads:
+        thread.start()
+    for thread in threads:
+        thread.join(timeout=120)
+    assert not errors and len(answers) == 4 * 5 * 15
+    assert {(a.decision, a.rule_id) for a in answers} == {(1, "read-docs")}, {
+        a.reason for a in answers}
+    harness.close()  # flushes the queue
+    audit_dir = harness.server.config.audit_config.dir
+    written = [json.loads(line) for line in _records(audit_dir)]
+    recorded = {d["decision_id"] for r in written if r["type"] == "decision.batch"
+                for d in r["details"]["decisions"]}
+    assert recorded == {a.decision_id for a in answers}
+    assert verify(audit_dir).records == len(written)
