@@ -27,6 +27,7 @@ from pdp_client._proto import admin_pb2, admin_pb2_grpc
 from tests.ports import free_port
 
 __all__ = [
+    "POLICIES",
     "BenchEnv",
     "ServerProc",
     "SignedBundle",
