@@ -258,7 +258,7 @@ class AuditLog:
         being writable or running meanwhile: the caller then refuses (or fails open) as
         before."""
         wait = self._queue_wait
-        if not wait or count > self._queue_size:
+        if not (wait and self.healthy and self._accepting) or count > self._queue_size:
             return False
         deadline = time.monotonic() + wait
         with self._cond:

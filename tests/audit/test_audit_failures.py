@@ -11,12 +11,14 @@ ENOSPC on a tiny tmpfs (skipped where mounting is not permitted).
 
 from __future__ import annotations
 
+import errno
 import json
 import os
 import signal
 import subprocess
 import sys
 import textwrap
+import threading
 from collections.abc import Callable, Iterator
 from pathlib import Path
 
@@ -71,6 +73,42 @@ def test_unwritable_audit_dir_fails_closed_and_recovers(
     log.close()
     written = ids(directory)
     assert written[0] == before.event_id and written[-1] == after.event_id
+    verify_dir(directory)
+
+
+def test_a_decision_waiting_for_room_is_refused_when_the_trail_fails(
+    make_log: Callable[..., AuditLog], tmp_path: Path
+) -> None:
+    """A decision waiting in a full queue is refused as soon as the trail is found
+    unwritable, not after its queue_wait; the decisions queued before it are kept."""
+    directory = tmp_path / "audit"
+    log = make_log(queue_size=2, batch_max=10_000, flush_interval=60.0, queue_wait=60.0)
+    queued = [decision("deny"), decision("deny")]
+    outcome: list[BaseException | None] = []
+
+    def waiter() -> None:
+        try:
+            log.emit(decision("deny"))
+            outcome.append(None)
+        except AuditUnavailableError as exc:
+            outcome.append(exc)
+
+    thread = threading.Thread(target=waiter)
+    with log._wlock:  # the writer cannot take the two off the queue meanwhile
+        for event in queued:
+            log.emit(event)
+        thread.start()
+        wait_until(lambda: log._waiting == 1)
+        # What the writer does when a write fails (here without touching the disk, so the
+        # queue stays full and nothing but the failure can end the wait).
+        log._set_failed(OSError(errno.ENOSPC, "No space left on device"))
+        thread.join(timeout=10.0)  # woken by the failure, well before its 60 s
+        assert not thread.is_alive()
+    [error] = outcome
+    assert isinstance(error, AuditUnavailableError) and "ENOSPC" in str(error)
+    wait_until(lambda: log.healthy and log.queue_depth == 0)  # the writer's repair
+    log.close()
+    assert ids(directory) == [e.event_id for e in queued]
     verify_dir(directory)
 
 
