@@ -2,13 +2,16 @@
 
 from __future__ import annotations
 
+import threading
 import time
 from collections.abc import Callable
 from typing import Any
 
 import pytest
 
+from pdp.audit import AuditLog
 from pdp.clock import FakeClock
+from pdp.errors import AuditUnavailableError
 from pdp.events import Event, EventType, Severity, new_event_id
 
 
@@ -58,3 +61,22 @@ def wait_until(predicate: Callable[[], bool], timeout: float = 10.0) -> None:
         if time.monotonic() > deadline:
             pytest.fail("condition not reached in time")
         time.sleep(0.02)
+
+
+def emit_waiting(log: AuditLog) -> tuple[threading.Thread, list[BaseException | None]]:
+    """Emit one decision to ``log`` (whose queue is full) on a thread of its own, and return
+    once it waits for room: the thread, and a list that gets None when the decision is kept
+    or the AuditUnavailableError that refused it."""
+    outcome: list[BaseException | None] = []
+
+    def emit() -> None:
+        try:
+            log.emit(decision("deny"))
+            outcome.append(None)
+        except AuditUnavailableError as exc:
+            outcome.append(exc)
+
+    thread = threading.Thread(target=emit)
+    thread.start()
+    wait_until(lambda: log._waiting == 1)
+    return thread, outcome

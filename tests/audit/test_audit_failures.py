@@ -18,12 +18,11 @@ import signal
 import subprocess
 import sys
 import textwrap
-import threading
 from collections.abc import Callable, Iterator
 from pathlib import Path
 
 import pytest
-from audit_helpers import admin, decision, wait_until
+from audit_helpers import admin, decision, emit_waiting, wait_until
 
 from pdp.audit import AuditLog
 from pdp.audit import verify as verify_dir
@@ -84,21 +83,10 @@ def test_a_decision_waiting_for_room_is_refused_when_the_trail_fails(
     directory = tmp_path / "audit"
     log = make_log(queue_size=2, batch_max=10_000, flush_interval=60.0, queue_wait=60.0)
     queued = [decision("deny"), decision("deny")]
-    outcome: list[BaseException | None] = []
-
-    def waiter() -> None:
-        try:
-            log.emit(decision("deny"))
-            outcome.append(None)
-        except AuditUnavailableError as exc:
-            outcome.append(exc)
-
-    thread = threading.Thread(target=waiter)
     with log._wlock:  # the writer cannot take the two off the queue meanwhile
         for event in queued:
             log.emit(event)
-        thread.start()
-        wait_until(lambda: log._waiting == 1)
+        thread, outcome = emit_waiting(log)
         # What the writer does when a write fails (here without touching the disk, so the
         # queue stays full and nothing but the failure can end the wait).
         log._set_failed(OSError(errno.ENOSPC, "No space left on device"))

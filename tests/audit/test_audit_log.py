@@ -10,7 +10,7 @@ from pathlib import Path
 from typing import Any
 
 import pytest
-from audit_helpers import admin, decision, wait_until
+from audit_helpers import admin, decision, emit_waiting, wait_until
 
 from pdp.audit import AuditConfig, AuditCorruptError, AuditLog, NullAuditLog, create_audit_log
 from pdp.audit import verify as verify_dir
@@ -291,19 +291,8 @@ def test_closing_refuses_the_decisions_waiting_for_room(
 ) -> None:
     log = make_log(queue_size=1, batch_max=10_000, flush_interval=60.0, queue_wait=60.0)
     log.emit(decision("deny"))
-    outcome: list[BaseException | None] = []
-
-    def waiter() -> None:
-        try:
-            log.emit(decision("deny"))
-            outcome.append(None)
-        except AuditUnavailableError as exc:
-            outcome.append(exc)
-
     with log._wlock:  # the writer cannot make room
-        thread = threading.Thread(target=waiter)
-        thread.start()
-        wait_until(lambda: log._waiting == 1)
+        thread, outcome = emit_waiting(log)
         closing = threading.Thread(target=log.close, kwargs={"timeout": 10.0})
         closing.start()
         thread.join(timeout=10.0)  # woken by close(), well before its 60 s
