@@ -46,6 +46,9 @@ def _worker_main(config_path: str, index: int) -> None:
     stop = threading.Event()
     signal.signal(signal.SIGTERM, lambda signum, frame: stop.set())
     server.start()
+    admin = f", admin on port {server.admin_port}" if server.admin_port else ""
+    print(f"pdp: worker {index} serving data on port {server.data_port}{admin} "
+          f"(replica {server.replica_id})", flush=True)
     stop.wait()
     server.stop()
 

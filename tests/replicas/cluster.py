@@ -8,9 +8,6 @@ from __future__ import annotations
 
 import contextlib
 import secrets
-import socket
-import subprocess
-import sys
 import time
 from collections.abc import Iterator, Sequence
 from dataclasses import dataclass, field
@@ -30,6 +27,7 @@ from pdp_client._proto import (
     identity_pb2_grpc,
 )
 from tests.ports import free_port
+from tests.serving import ServeProcess
 
 __all__ = [
     "ADMIN_URL",
@@ -172,7 +170,7 @@ class Replica:
     certs: Certs
     data_port: int
     admin_port: int
-    proc: subprocess.Popen[bytes]
+    served: ServeProcess
     _channels: list[grpc.Channel] = field(default_factory=list)
     _authz: authorization_pb2_grpc.AuthorizationStub | None = None
 
@@ -217,14 +215,7 @@ class Replica:
             ch.close()
         self._channels.clear()
         self._authz = None
-        if self.proc.poll() is None:
-            self.proc.terminate()
-        try:
-            out, _ = self.proc.communicate(timeout=15)
-        except subprocess.TimeoutExpired:
-            self.proc.kill()
-            out, _ = self.proc.communicate()
-        return out.decode(errors="replace")
+        return self.served.stop(timeout=15)
 
 
 class Cluster:
@@ -246,9 +237,9 @@ class Cluster:
             generate_bundle_key(self.private_key, self.public_key)
 
     def start(self, names: Sequence[str], *, timeout: float = 60.0) -> list[Replica]:
-        """Start one `pdp serve` per name at once and wait until every one listens.
+        """Start one `pdp serve` per name at once and wait until every one says it serves.
 
-        Raises RuntimeError (with its output) when a replica exits or never listens.
+        Raises RuntimeError (with its output) when a replica exits or does not serve in time.
         """
         admins = self.certs.admins or (f"{self.certs.trust_domain}/admin",)
         started: list[Replica] = []
@@ -263,31 +254,16 @@ class Cluster:
                 ca=self.certs.ca, url=self.url, poll_interval=self.poll_interval,
                 keys_dir=self.keys_dir, td=self.certs.trust_domain,
                 admins=", ".join(f'"{a}"' for a in admins), public_key=self.public_key))
-            proc = subprocess.Popen(
-                [sys.executable, "-m", "pdp.cli", "serve", "--config", str(config)],
-                stdout=subprocess.PIPE, stderr=subprocess.STDOUT, cwd=d)
-            started.append(Replica(name, d, self.certs, data_port, admin_port, proc))
+            started.append(Replica(name, d, self.certs, data_port, admin_port,
+                                   ServeProcess(config, cwd=d)))
         self.replicas.extend(started)
         deadline = time.monotonic() + timeout
         for replica in started:
-            for port in (replica.admin_port, replica.data_port):
-                self._wait_port(replica, port, deadline)
-        return started
-
-    @staticmethod
-    def _wait_port(replica: Replica, port: int, deadline: float) -> None:
-        while True:
-            if replica.proc.poll() is not None:
-                raise RuntimeError(f"replica {replica.name} exited with "
-                                   f"{replica.proc.returncode}:\n{replica.stop()}")
             try:
-                with socket.create_connection(("127.0.0.1", port), timeout=0.5):
-                    return
-            except OSError:
-                if time.monotonic() > deadline:
-                    raise RuntimeError(f"replica {replica.name} never listened on {port}:\n"
-                                       f"{replica.stop()}") from None
-                time.sleep(0.05)
+                replica.served.wait_ready(timeout=max(0.0, deadline - time.monotonic()))
+            except RuntimeError as exc:
+                raise RuntimeError(f"replica {replica.name}: {exc}") from None
+        return started
 
     def sign(self, data: bytes) -> bytes:
         """The bundle-signing key's signature over ``data``'s canonical digest."""

@@ -5,8 +5,6 @@ from __future__ import annotations
 
 import os
 import signal
-import subprocess
-import sys
 import threading
 import time
 from collections.abc import Iterator
@@ -17,16 +15,18 @@ import grpc
 import pytest
 
 from pdp.security.signing import generate_bundle_key
-from pdp.server.app import wait_for_port
 from pdp.store import open_store
 from pdp_client._proto import admin_pb2, admin_pb2_grpc, authorization_pb2_grpc
 from tests.ports import free_port
 from tests.server.conftest import TEST_BUNDLE, authorize_request, channel, make_config
+from tests.serving import ServeProcess
 
 pytestmark = pytest.mark.slow
 
 
-class Proc:
+class Proc(ServeProcess):
+    """`pdp serve` with the server tests' config and PKI, started and ready."""
+
     def __init__(self, directory: Path, pki: Any, *, workers: int = 1) -> None:
         self.directory = directory
         self.pki = pki
@@ -39,11 +39,8 @@ class Proc:
         if workers > 1:
             text = self.config.read_text()
             self.config.write_text(text.replace("threads = 8", f"threads = 8\nworkers = {workers}"))
-        self.proc = subprocess.Popen(
-            [sys.executable, "-m", "pdp.cli", "serve", "--config", str(self.config)],
-            stdout=subprocess.PIPE, stderr=subprocess.STDOUT, cwd=directory)
-        wait_for_port("127.0.0.1", self.admin_port, timeout=30)
-        wait_for_port("127.0.0.1", self.data_port, timeout=30)
+        super().__init__(self.config, cwd=directory, workers=workers)
+        self.wait_ready(timeout=30)
 
     def admin(self) -> admin_pb2_grpc.AdminStub:
         return admin_pb2_grpc.AdminStub(channel(f"127.0.0.1:{self.admin_port}",
@@ -64,21 +61,15 @@ class Proc:
         return self.admin().PushBundle(admin_pb2.PushBundleRequest(
             bundle=data, signature=sig, key_id="test", activate=activate), timeout=10)
 
-    def stop(self, sig: int = signal.SIGTERM) -> str:
-        if self.proc.poll() is None:
-            self.proc.send_signal(sig)
-        out, _ = self.proc.communicate(timeout=30)
-        return out.decode(errors="replace")
-
 
 @pytest.fixture
 def procs() -> Iterator[list[Proc]]:
     started: list[Proc] = []
     yield started
     for p in started:
-        if p.proc.poll() is None:
-            p.proc.kill()
-        p.proc.communicate(timeout=30)
+        output = p.stop(signal.SIGKILL)
+        # pytest shows this only for a failed test: what each server said before it ended.
+        print(f"--- pdp serve, data port {p.data_port}, exit {p.proc.returncode} ---\n{output}")
 
 
 def test_sigterm_drains_and_restart_restores(tmp_path: Path, pki: Any,
@@ -118,7 +109,7 @@ def test_sigkill_during_pushes_leaves_the_store_consistent(tmp_path: Path, pki: 
     os.kill(proc.proc.pid, signal.SIGKILL)
     stop.set()
     thread.join()
-    proc.proc.wait()
+    proc.stop(signal.SIGKILL)
     store = open_store(f"sqlite:///{tmp_path / 'data' / 'pdp.db'}")
     try:
         listed = store.list()
