@@ -442,16 +442,3 @@ def _bind(server: grpc.Server, address: str, credentials: grpc.ServerCredentials
         raise ConfigError(f"cannot listen on {address}: the address is in use or not local",
                           field=field) from None
     return port
-
-
-def wait_for_port(host: str, port: int, timeout: float = 10.0) -> None:
-    """Block until a TCP connection to host:port succeeds (for tests and dev mode)."""
-    deadline = time.monotonic() + timeout
-    while True:
-        try:
-            with socket.create_connection((host, port), timeout=0.5):
-                return
-        except OSError:
-            if time.monotonic() > deadline:
-                raise
-            time.sleep(0.05)
