@@ -74,6 +74,8 @@ class ServeProcess:
             self.proc.kill()
             self.proc.wait()
         self._reader.join(timeout=30)
-        if self.proc.stdout is not None:
+        # Closed only once read to its end: a worker left running (its parent killed) may
+        # still hold the pipe, and closing it under the reader would fail the reader.
+        if self.proc.stdout is not None and not self._reader.is_alive():
             self.proc.stdout.close()
         return self.output
