@@ -258,15 +258,27 @@ class BenchEnv:
                 timeout=timeout, wait_for_ready=True)
             return time.perf_counter() - started
 
-    def shadow(self, server: ServerProc, bundle: SignedBundle) -> None:
-        """Store ``bundle`` on ``server`` without activating it and shadow-evaluate it."""
+    def shadow(self, server: ServerProc, bundle: SignedBundle) -> str:
+        """Store ``bundle`` on ``server`` without activating it and shadow-evaluate it (the
+        server compiles it before it answers); return its version."""
         with self.admin_channel(server.admin_port) as ch:
             stub = admin_pb2_grpc.AdminStub(ch)
             pushed = stub.PushBundle(admin_pb2.PushBundleRequest(
                 bundle=bundle.data, signature=bundle.signature, key_id="bench", activate=False),
                 timeout=120, wait_for_ready=True)
-            stub.SetShadow(admin_pb2.SetShadowRequest(version=pushed.bundle.version),
-                           timeout=30)
+            version = str(pushed.bundle.version)
+            stub.SetShadow(admin_pb2.SetShadowRequest(version=version), timeout=120)
+            return version
+
+    def activate(self, server: ServerProc, version: str, timeout: float = 120.0) -> float:
+        """Activate the stored ``version`` on ``server``; return the seconds it took. Raises
+        grpc.RpcError when refused."""
+        with self.admin_channel(server.admin_port) as ch:
+            stub = admin_pb2_grpc.AdminStub(ch)
+            started = time.perf_counter()
+            stub.ActivateBundle(admin_pb2.ActivateBundleRequest(version=version),
+                                timeout=timeout, wait_for_ready=True)
+            return time.perf_counter() - started
 
     def stop(self, server: ServerProc) -> None:
         """Stop one server and forget it."""

@@ -16,7 +16,14 @@ from pathlib import Path
 from typing import Any
 
 from benchmarks.bundles import bundle_json
-from benchmarks.harness import BenchEnv, ServerProc, start_floor, start_pdp, stop_all
+from benchmarks.harness import (
+    BenchEnv,
+    ServerProc,
+    SignedBundle,
+    start_floor,
+    start_pdp,
+    stop_all,
+)
 from benchmarks.load import LoadPool
 from benchmarks.peers import cerbos
 from benchmarks.report import Row, machine, paired_ratio, print_table, write_json
@@ -196,6 +203,26 @@ def peer_rows(bench: Bench, env: BenchEnv, pdp: ServerProc, bundle: Any, process
     return rows
 
 
+def shadow_activation(bench: Bench, env: BenchEnv, server: ServerProc,
+                      bundles: list[SignedBundle]) -> dict[str, Any]:
+    """Activation in two steps, under the same 8-in-flight load as a push: each bundle is
+    pushed without activation and set as shadow first (the server compiles it then, with no
+    load), and only ``ActivateBundle`` is timed. The median, every figure, and the calls
+    answered meanwhile (none may fail)."""
+    times: list[float] = []
+    loads = []
+    for bundle in bundles:
+        version = env.shadow(server, bundle)
+        loads.append(measure(bench, [server], spread(bench.job(
+            server, vary=True, duration=4.0), 8, WORKERS),
+            during=lambda v=version: times.append(env.activate(server, v))))
+    errors = [w.first_error for w in loads if w.first_error]
+    return {"activation_s": statistics.median(times), "rounds_s": times,
+            "calls": sum(w.calls for w in loads), "failed_calls": sum(w.errors for w in loads),
+            "first_error": errors[0] if errors else "",
+            "p99_ms_during": max(w.p99_ms for w in loads)}
+
+
 def big_bundle(bench: Bench, env: BenchEnv, rules: int, out: dict[str, Any]) -> None:
     """Authorize latency and throughput with ``rules`` rules; RSS with them and a full cache;
     activation time and failed calls under load (one push per round, the median)."""
@@ -204,7 +231,10 @@ def big_bundle(bench: Bench, env: BenchEnv, rules: int, out: dict[str, Any]) -> 
     # A new revision per round: each push stores and activates a new version.
     later = [env.sign(f"b{rules}.{n}", bundle_json(rules, revision=str(n)), rules)
              for n in range(2, bench.rounds + 2)]
-    print(f"\n(generated and signed {len(later) + 1} {rules:,}-rule bundles in "
+    # And a few for activation in two steps (shadow_activation).
+    staged = [env.sign(f"b{rules}.s{n}", bundle_json(rules, revision=f"s{n}"), rules)
+              for n in range(1, min(bench.rounds, 3) + 1)]
+    print(f"\n(generated and signed {len(later) + len(staged) + 1} {rules:,}-rule bundles in "
           f"{time.perf_counter() - t:.1f} s)", flush=True)
     server = start_pdp(env, f"big{rules}", cores=SERVER_CORE, cache_size=100_000)
     try:
@@ -236,6 +266,7 @@ def big_bundle(bench: Bench, env: BenchEnv, rules: int, out: dict[str, Any]) -> 
                 server, vary=True, duration=max(4.0, first_push * 2.5)), 8, WORKERS),
                 during=lambda b=bundle: pushes.append(env.push(server, b))))
         errors = [w.first_error for w in loads if w.first_error]
+        shadowed = shadow_activation(bench, env, server, staged)
         out["resources"] = {
             "rules": rules, "rss_mb_rules_only": rss_rules / 2**20,
             "cache_entries_filled": cached, "rss_mb_full_cache": rss_full / 2**20,
@@ -245,14 +276,19 @@ def big_bundle(bench: Bench, env: BenchEnv, rules: int, out: dict[str, Any]) -> 
             "calls_during_activation": sum(w.calls for w in loads),
             "failed_calls": sum(w.errors for w in loads),
             "first_error": errors[0] if errors else "",
-            "p99_ms_during": max(w.p99_ms for w in loads)}
+            "p99_ms_during": max(w.p99_ms for w in loads),
+            "shadow_activation": shadowed}
         r = out["resources"]
         text = (f"\n== {rules:,} rules: RSS {r['rss_mb_rules_only']:.0f} MB with the bundle, "
                 f"{r['rss_mb_full_cache']:.0f} MB after {r['cache_entries_filled']:,} cached "
                 f"decisions; activation {r['activation_under_load_s']:.2f} s under load "
                 f"(median of {len(pushes)}: {', '.join(f'{p:.2f}' for p in pushes)} s; "
                 f"first push {first_push:.2f} s), {r['calls_during_activation']:,} calls, "
-                f"{r['failed_calls']} failed, highest p99 {r['p99_ms_during']:.1f} ms")
+                f"{r['failed_calls']} failed, highest p99 {r['p99_ms_during']:.1f} ms; in two "
+                f"steps (pushed and set as shadow, then ActivateBundle timed under the same "
+                f"load) {shadowed['activation_s']:.2f} s (median of {len(shadowed['rounds_s'])}: "
+                f"{', '.join(f'{p:.2f}' for p in shadowed['rounds_s'])} s), "
+                f"{shadowed['calls']:,} calls, {shadowed['failed_calls']} failed")
         print(text, flush=True)
         bench.tables.append(text)
     finally:
@@ -322,8 +358,11 @@ def targets(rows: dict[str, Row], out: dict[str, Any]) -> dict[str, Any]:
         t["RSS <= 200 MB (100k rules, full cache)"] = {
             "mb": res["rss_mb_full_cache"], "cached": res["cache_entries_filled"],
             "met": full and res["rss_mb_full_cache"] <= 200}
+        # Beside it, not deciding it: the same activation in two steps (shadow_activation).
+        two = res.get("shadow_activation") or {}
         t["100k activation <= 3 s, 0 failed"] = {
             "s": res["activation_under_load_s"], "failed": res["failed_calls"],
+            "two_steps_s": two.get("activation_s"), "two_steps_failed": two.get("failed_calls"),
             "met": res["activation_under_load_s"] <= 3 and res["failed_calls"] == 0}
     print("\n== Targets")
     for name, v in t.items():

@@ -18,8 +18,10 @@ from benchmarks.bundles import bundle_json
 from benchmarks.harness import BenchEnv, ServerProc, settle, start_pdp, stop_all
 from benchmarks.load import LoadPool
 from benchmarks.report import Row, Window, paired_ratio, percentile
-from benchmarks.run import BATCH_SINGLE, FLOOR_BATCH, QUICK, run
+from benchmarks.run import BATCH_SINGLE, FLOOR_BATCH, QUICK, run, shadow_activation
 from benchmarks.scenarios import Bench, measure, spread
+from pdp.policy import load_bundle
+from pdp_client._proto import admin_pb2, admin_pb2_grpc
 
 
 def test_percentile_is_nearest_rank() -> None:
@@ -108,6 +110,29 @@ def test_wrong_decisions_count_as_failed_calls(tmp_path: Path) -> None:
         bench = Bench(env, pool, rounds=1, seconds=0.2, client_cores=1)
         with pytest.raises(RuntimeError, match="unexpected DENY"):
             measure(bench, [server], spread(bench.job(server), 1, 1))
+    finally:
+        pool.close()
+        stop_all(env.servers)
+
+
+@pytest.mark.slow
+def test_activation_in_two_steps_is_timed_under_load(tmp_path: Path) -> None:
+    """A version pushed and set as shadow first, then ActivateBundle timed while calls run:
+    the figure is the activation alone, and the version really is the one served after."""
+    env = BenchEnv(tmp_path)
+    pool = LoadPool(2, core=None)
+    try:
+        server = start_pdp(env, "two-steps", cores=None,
+                           bundle=env.sign("b", bundle_json(1000), 1000))
+        staged = env.sign("s", bundle_json(1000, revision="s1"), 1000)
+        bench = Bench(env, pool, rounds=1, seconds=0.2, client_cores=1)
+        result = shadow_activation(bench, env, server, [staged])
+        assert result["calls"] > 0 and result["failed_calls"] == 0, result
+        assert result["rounds_s"] == [result["activation_s"]] and result["activation_s"] > 0
+        with env.admin_channel(server.admin_port) as ch:
+            status = admin_pb2_grpc.AdminStub(ch).GetStatus(admin_pb2.GetStatusRequest(),
+                                                            timeout=10)
+        assert status.active_version.split("-")[1] == load_bundle(staged.data).digest[:12]
     finally:
         pool.close()
         stop_all(env.servers)
