@@ -44,6 +44,16 @@ RETRY_INTERVAL = 0.5  # seconds between attempts to write again after a failure
 _log = logging.getLogger("pdp.audit")
 
 
+# Every 16 records it formats, the writer yields the core, and the GIL with it (os.sched_yield
+# releases it around the call): a decision that arrives while a batch is being formatted, up
+# to batch_max records every flush_interval, waits for ~16 records rather than for the whole
+# batch. A waiting thread on another core may lose the GIL to the writer again, so it waits
+# as long as before at worst: the batch bounds the wait either way (docs/performance.md,
+# item 38).
+_YIELD_MASK = 15
+_yield = os.sched_yield
+
+
 class AuditCorruptError(AuditError):
     """The existing trail's tail is not intact (changed record, head ahead of the files);
     the log refuses to continue it. Run ``pdp audit verify`` and move the directory aside."""
@@ -462,6 +472,8 @@ class AuditLog:
                 append = lines.append
                 size, seq, prev = self._size, self._seq, self._prev
                 for event in events[written:] if written else events:
+                    if not seq & _YIELD_MASK:
+                        _yield()
                     line, digest = format_record(event, seq=seq + 1, prev=prev)
                     length = len(line)
                     if size and size + length > limit:

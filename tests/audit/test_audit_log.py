@@ -12,6 +12,7 @@ from typing import Any
 import pytest
 from audit_helpers import admin, decision, emit_waiting, wait_until
 
+import pdp.audit.log as audit_log
 from pdp.audit import AuditConfig, AuditCorruptError, AuditLog, NullAuditLog, create_audit_log
 from pdp.audit import verify as verify_dir
 from pdp.audit.records import GENESIS, DecisionBatch, canonical, record_hash
@@ -422,6 +423,21 @@ def test_concurrent_emitters_keep_the_chain_linear(
     written = [r["event_id"] for r in records(tmp_path / "audit") if r["type"] != "chain.seal"]
     assert sorted(written) == sorted(ids)
     assert report.records == len(ids) + report.files - 1
+
+
+def test_the_writer_lets_waiting_calls_run_every_16_records(
+    make_log: Callable[..., AuditLog], tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    # A decision that arrives while the writer formats a batch waits for at most 16
+    # records: the writer yields the core (and the GIL) before records 1, 17, 33...
+    yields: list[None] = []
+    log = make_log()
+    monkeypatch.setattr(audit_log, "_yield", lambda: yields.append(None))
+    for _ in range(100):
+        log.emit(decision("allow"))
+    log.close()
+    assert len(yields) == 7  # before records 1, 17, 33, 49, 65, 81 and 97
+    assert verify_dir(tmp_path / "audit").records == 100
 
 
 def test_fsync_always_and_never_write_verifiable_trails(
