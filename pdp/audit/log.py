@@ -47,9 +47,8 @@ _log = logging.getLogger("pdp.audit")
 # Every 16 records it formats, the writer yields the core, and the GIL with it (os.sched_yield
 # releases it around the call): a decision that arrives while a batch is being formatted, up
 # to batch_max records every flush_interval, waits for ~16 records rather than for the whole
-# batch. A waiting thread on another core may lose the GIL to the writer again, so it waits
-# as long as before at worst: the batch bounds the wait either way (docs/performance.md,
-# item 38).
+# batch. A waiting thread on another core may lose the GIL to the writer again; it then waits
+# for the rest of the batch, as before (docs/performance.md, item 38).
 _YIELD_MASK = 15
 _yield = os.sched_yield
 
