@@ -4,7 +4,7 @@ VENV   := .venv
 BIN    := $(VENV)/bin
 STAMP  := $(VENV)/.installed
 
-.PHONY: run test lint typecheck pytest proto bench bench-quick bench-ab bench-clients bench-sched clean
+.PHONY: run test lint typecheck pytest proto bench bench-quick bench-ab bench-clients bench-sched bench-native clean
 
 $(STAMP): pyproject.toml setup.py clients/python/pyproject.toml pdp/server/_wire.c pdp/policy/_json.c \
 		pdp/policy/_doorkeeper.c
@@ -47,6 +47,10 @@ bench-ab: $(STAMP)
 ## bench-clients: is the client the bottleneck? the same load from 1 to 4 load generators
 bench-clients: $(STAMP)
 	$(BIN)/python -m benchmarks.clients
+
+## bench-native: the targets with a native (C++) load generator; needs g++, pkg-config, libgrpc++-dev
+bench-native: $(STAMP)
+	$(BIN)/python -m benchmarks.native
 
 ## bench-sched: the floor and pdp under Linux's default CPU scheduling policy and SCHED_BATCH
 bench-sched: $(STAMP)
