@@ -55,7 +55,7 @@ __all__ = ["MARKER", "NativeUnavailable", "Shape", "build", "main", "request_byt
 SOURCE = Path(__file__).resolve().parent / "native" / "load.cc"
 CACHE = Path(__file__).resolve().parent / ".cache" / "native"
 MARKER = "%" * 12  # replaced by a 12-digit counter on every call (same width, same length)
-CHANNELS = 2  # connections, as make bench's two load-generator processes keep
+CHANNELS = 2  # connections at most, as make bench's two load generators keep (one each)
 AUTHORIZE = "/pdp.v1.Authorization/Authorize"
 BATCH = "/pdp.v1.Authorization/AuthorizeBatch"
 CHECK = "/cerbos.svc.v1.CerbosService/CheckResources"
@@ -183,8 +183,8 @@ def window(binary: Path, env: BenchEnv, server: ServerProc, shape: Shape, reques
                 "--ca", files["ca_file"], "--cert", files["cert_file"], "--key",
                 files["key_file"], "--method", shape.method, "--request", file.name,
                 "--marker", MARKER, "--inflight", str(shape.inflight), "--channels",
-                str(CHANNELS), "--check", shape.check, "--items", str(shape.items),
-                "--duration", str(seconds)]
+                str(min(CHANNELS, shape.inflight)), "--check", shape.check, "--items",
+                str(shape.items), "--duration", str(seconds)]
         with subprocess.Popen(args, stdin=subprocess.PIPE, stdout=subprocess.PIPE,
                               stderr=subprocess.PIPE, text=True) as proc:
             assert proc.stdin is not None and proc.stdout is not None
@@ -289,7 +289,7 @@ def run(*, rounds: int = 5, seconds: float = 3.0, out_dir: Path = RESULTS,
                 rows[shape.name].rounds.append(window(
                     binary, env, servers[shape.server], shape, request, seconds))
         title = ("The targets with a native load generator (C++, grpc++; 1,000 rules, mTLS, "
-                 f"{CHANNELS} connections)")
+                 f"{CHANNELS} connections, 1 at 1 in flight)")
         out["table"] = print_table(title, list(rows.values()))
         out["rows"] = {name: row.summary() for name, row in rows.items()}
         out["targets"] = targets(rows)
