@@ -40,9 +40,10 @@ bench-quick: $(STAMP)
 	$(BIN)/python -m benchmarks.run --quick
 
 ## bench-ab: the working tree side by side with an older revision: make bench-ab OLD=<rev>
+## (CLIENT=native: the load from the native generator of bench-native instead of pdp-client)
 bench-ab: $(STAMP)
-	@test -n "$(OLD)" || { echo "usage: make bench-ab OLD=<revision>"; exit 2; }
-	$(BIN)/python -m benchmarks.ab $(OLD)
+	@test -n "$(OLD)" || { echo "usage: make bench-ab OLD=<revision> [CLIENT=native]"; exit 2; }
+	$(BIN)/python -m benchmarks.ab $(OLD) $(if $(CLIENT),--client $(CLIENT))
 
 ## bench-clients: is the client the bottleneck? the same load from 1 to 4 load generators
 bench-clients: $(STAMP)

@@ -7,7 +7,10 @@ round on every server, in an order that rotates from round to round. On these no
 machines the same configuration can move by 10-20 % between windows a minute apart, so a
 change is judged by the **median of the per-round ratios** new/old (each ratio taken within
 one round, both sides measured seconds apart), shown beside the medians of each side.
-``--new REV`` compares two revisions instead of REV and the working tree.
+``--new REV`` compares two revisions instead of REV and the working tree. ``--client native``
+sends the load with the native generator of ``benchmarks.native`` instead of pdp-client (one
+process on the client core, which it does not fill), so that the client's own limit does not
+set how calls arrive.
 
 Prints the table and writes ``benchmarks/results/ab.json``. The old revision must read the
 configuration this checkout's harness writes (``benchmarks.harness.PDP_CONFIG``).
@@ -25,6 +28,7 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
+from benchmarks import native
 from benchmarks.bundles import bundle_json
 from benchmarks.harness import ROOT, BenchEnv, code_env, start_floor, start_pdp, stop_all
 from benchmarks.load import LoadPool
@@ -54,6 +58,14 @@ SHAPES = {
     "batch3-32": Shape("batch", 32, batch=3, vary=False),  # the Cerbos comparison's request
 }
 DEFAULT_SHAPES = ("authorize-1", "authorize-32", "batch100-8")
+CLIENTS = ("pdp-client", "native")
+# The same shapes for the native generator: (its request kind, method, answer check).
+NATIVE = {
+    "authorize-1": ("single", native.AUTHORIZE, "pdp"),
+    "authorize-32": ("single", native.AUTHORIZE, "pdp"),
+    "batch100-8": ("batch100", native.BATCH, "pdp-batch"),
+    "batch3-32": ("batch3", native.BATCH, "pdp-batch"),
+}
 
 
 def _git(*args: str) -> str:
@@ -135,10 +147,19 @@ def _table(title: str, shapes: dict[str, dict[str, Row]]) -> str:
 
 def run(old: str, *, new: str | None = None, shapes: Sequence[str] = DEFAULT_SHAPES,
         rounds: int = 6, seconds: float = 2.0, out_dir: Path = RESULTS,
-        work: Path = WORK) -> dict[str, Any]:
-    """Measure floor, ``old`` and ``new`` (None: the working tree) side by side; write and
-    return the results. Raises RuntimeError when a revision cannot be checked out or built,
-    a server does not run the code it is meant to, or a shape is unknown."""
+        work: Path = WORK, client: str = "pdp-client") -> dict[str, Any]:
+    """Measure floor, ``old`` and ``new`` (None: the working tree) side by side, the load
+    sent by ``client`` (one of CLIENTS); write and return the results. Raises RuntimeError
+    when a revision cannot be checked out or built, a server does not run the code it is
+    meant to, a shape or client is unknown, or the native generator cannot be built."""
+    if client not in CLIENTS:
+        raise RuntimeError(f"unknown client {client!r}; known: {', '.join(CLIENTS)}")
+    binary: Path | None = None
+    if client == "native":
+        try:
+            binary = native.build()
+        except native.NativeUnavailable as exc:
+            raise RuntimeError(f"--client native: {exc}") from None
     unknown = [s for s in shapes if s not in SHAPES]
     if unknown or not shapes:
         raise RuntimeError(f"unknown shape(s) {', '.join(unknown) or '(none given)'}; known: "
@@ -148,8 +169,10 @@ def run(old: str, *, new: str | None = None, shapes: Sequence[str] = DEFAULT_SHA
                            f"{seconds}")
     started = time.perf_counter()
     out: dict[str, Any] = {"machine": machine(), "rounds": rounds, "seconds": seconds,
+                           "client": client,
                            "command": f"python -m benchmarks.ab {old}"
-                                      + (f" --new {new}" if new else "")}
+                                      + (f" --new {new}" if new else "")
+                                      + (f" --client {client}" if binary else "")}
     with contextlib.ExitStack() as stack:  # on exit: servers, load generators, worktrees
         old_path, old_sha = stack.enter_context(checkout(old, work))
         new_path, new_sha = (None, _git("rev-parse", "HEAD")) if new is None else (
@@ -177,12 +200,20 @@ def run(old: str, *, new: str | None = None, shapes: Sequence[str] = DEFAULT_SHA
                 shape = SHAPES[name]
                 for who in order[k:] + order[:k]:
                     server = servers[who]
+                    if binary is not None:
+                        kind, method, check = NATIVE[name]
+                        load = native.Shape(name, who, method, kind, shape.inflight, check,
+                                            shape.batch)
+                        request = native.request_bytes(kind, f"{name}-r{r}-{who}")
+                        table[name][who].rounds.append(
+                            native.window(binary, env, server, load, request, seconds))
+                        continue
                     job = bench.job(server, op=shape.op, vary=shape.vary, batch=shape.batch)
                     table[name][who].rounds.append(
                         measure(bench, [server], spread(job, shape.inflight, WORKERS)))
         title = (f"floor, pdp old ({old} = {old_sha[:12]}) and new "
-                 f"({new or 'the working tree'}), median of {rounds} rounds of {seconds} s; "
-                 "ratios: median of the per-round ratios")
+                 f"({new or 'the working tree'}), load from {client}, median of {rounds} "
+                 f"rounds of {seconds} s; ratios: median of the per-round ratios")
         out["table"] = _table(title, table)
         out["shapes"] = {name: _summary(rows) for name, rows in table.items()}
     out["wall_seconds"] = time.perf_counter() - started
@@ -235,10 +266,13 @@ def main(argv: list[str] | None = None) -> int:
     p.add_argument("--seconds", type=float, default=2.0, help="the length of each window")
     p.add_argument("--shapes", default=",".join(DEFAULT_SHAPES),
                    help=f"comma-separated, of: {', '.join(SHAPES)}")
+    p.add_argument("--client", default="pdp-client", choices=CLIENTS,
+                   help="what sends the load: pdp-client (as make bench) or the native "
+                        "generator of benchmarks.native")
     args = p.parse_args(argv)
     try:
         run(args.old, new=args.new, shapes=[s for s in args.shapes.split(",") if s],
-            rounds=args.rounds, seconds=args.seconds)
+            rounds=args.rounds, seconds=args.seconds, client=args.client)
     except RuntimeError as exc:
         print(f"benchmarks.ab: {exc}", file=sys.stderr)
         return 1

@@ -13,8 +13,9 @@ from pathlib import Path
 
 import pytest
 
-from benchmarks.ab import run
+from benchmarks.ab import SHAPES, run
 from benchmarks.harness import ROOT
+from benchmarks.native import NativeUnavailable, build
 
 pytestmark = pytest.mark.skipif(not (ROOT / ".git").exists(),
                                 reason="not a git checkout: there is no revision to compare")
@@ -60,4 +61,26 @@ def test_an_unknown_revision_or_shape_is_refused_before_anything_starts(tmp_path
     with pytest.raises(RuntimeError, match="rounds must be at least 1"):
         run("HEAD", shapes=("authorize-1",), rounds=0, seconds=0.1,
             out_dir=tmp_path / "results", work=tmp_path / "work")
+    with pytest.raises(RuntimeError, match="unknown client 'ghz'"):
+        run("HEAD", shapes=("authorize-1",), rounds=1, seconds=0.1,
+            out_dir=tmp_path / "results", work=tmp_path / "work", client="ghz")
     assert not (tmp_path / "results" / "ab.json").exists()
+
+
+@pytest.mark.slow
+def test_the_native_generator_can_send_every_shape(tmp_path: Path) -> None:
+    try:
+        build()
+    except NativeUnavailable as exc:
+        pytest.skip(f"the native load generator cannot be built here: {exc}")
+    out = run("HEAD", shapes=tuple(SHAPES), rounds=1, seconds=0.2, out_dir=tmp_path / "results",
+              work=tmp_path / "work", client="native")
+    assert out["client"] == "native" and out["command"].endswith("--client native")
+    for shape in SHAPES:
+        for side in ("floor", "old", "new"):
+            one = out["shapes"][shape][side]["rounds"][0]
+            assert one["errors"] == 0 and one["calls"] > 0, (shape, side, one["first_error"])
+            # the native generator's window: one process, the shape's items per call
+            assert one["workers"] == 1, one
+            assert one["decisions"] == one["calls"] * SHAPES[shape].batch, (shape, side)
+    assert "load from native" in out["table"]
