@@ -26,6 +26,7 @@ from __future__ import annotations
 import argparse
 import hashlib
 import json
+import os
 import shutil
 import subprocess
 import sys
@@ -70,7 +71,7 @@ class Shape:
     """One row: which server, which request, how many in flight, how to check the answers."""
 
     name: str
-    server: str  # "floor", "pdp" or "cerbos"
+    server: str  # which server of the run answers it: "floor", "pdp" or "cerbos" here
     method: str
     request: str  # a kind of request_bytes()
     inflight: int
@@ -114,7 +115,7 @@ def build(cache: Path = CACHE) -> Path:
                                 f"{flags.stderr.strip()}); on Debian: apt-get install "
                                 "libgrpc++-dev")
     cache.mkdir(parents=True, exist_ok=True)
-    partial = binary.with_suffix(".partial")
+    partial = binary.with_name(f"{binary.name}.{os.getpid()}.partial")  # one per builder
     compiled = subprocess.run(["g++", "-O2", "-std=c++17", "-o", str(partial), str(SOURCE),
                                *flags.stdout.split()], capture_output=True, text=True)
     if compiled.returncode != 0:
