@@ -10,13 +10,14 @@ are skipped, saying which is missing.
 from __future__ import annotations
 
 import json
+import subprocess
 from collections.abc import Iterator
 from pathlib import Path
 
 import pytest
 
 from benchmarks.bundles import bundle_json
-from benchmarks.harness import BenchEnv, ServerProc, start_pdp, stop_all
+from benchmarks.harness import BenchEnv, ServerProc, free_port, start_pdp, stop_all
 from benchmarks.native import (
     AUTHORIZE,
     BATCH,
@@ -119,3 +120,18 @@ def test_an_answer_that_is_not_the_expected_allow_stops_the_run(
     short = Shape("short", "pdp", BATCH, "batch3", 4, "pdp-batch", 4)
     with pytest.raises(RuntimeError, match=r"short: .*not ALLOW"):
         window(binary, env, server, short, request_bytes("batch3", "t4"), 0.2)
+
+
+def test_a_server_that_cannot_be_reached_stops_the_run_saying_so(
+        tmp_path: Path, binary: Path) -> None:
+    env = BenchEnv(tmp_path / "env")
+    nobody = ServerProc("nobody", subprocess.Popen(["sleep", "30"]), free_port())
+    try:
+        shape = Shape("unreachable", "pdp", AUTHORIZE, "single", 1, "pdp")
+        with pytest.raises(RuntimeError,
+                           match=r"unreachable: the generator did not start: .*warm-up call "
+                                 r"failed: status 14"):
+            window(binary, env, nobody, shape, request_bytes("single", "t5"), 0.2)
+    finally:
+        nobody.proc.kill()
+        nobody.proc.wait()
