@@ -18,7 +18,14 @@ from benchmarks.bundles import bundle_json
 from benchmarks.harness import BenchEnv, ServerProc, settle, start_pdp, stop_all
 from benchmarks.load import LoadPool
 from benchmarks.report import Row, Window, paired_ratio, percentile
-from benchmarks.run import BATCH_SINGLE, FLOOR_BATCH, QUICK, run, shadow_activation
+from benchmarks.run import (
+    BATCH_SINGLE,
+    CLIENT_BOUND_PCT,
+    FLOOR_BATCH,
+    QUICK,
+    run,
+    shadow_activation,
+)
 from benchmarks.scenarios import Bench, measure, spread
 from pdp.policy import load_bundle
 from pdp_client._proto import admin_pb2, admin_pb2_grpc
@@ -66,7 +73,7 @@ def test_bundle_generator_sizes() -> None:
 
 
 @pytest.mark.slow
-def test_quick_run_end_to_end(tmp_path: Path) -> None:
+def test_quick_run_end_to_end(tmp_path: Path, capsys: pytest.CaptureFixture[str]) -> None:
     settings = replace(QUICK, rounds=1, seconds=0.2, handshakes=3, tokens=5, peers=False)
     out = run(settings, out_dir=tmp_path / "results", work=tmp_path / "work")
     written = json.loads((tmp_path / "results" / "quick.json").read_text())
@@ -95,6 +102,12 @@ def test_quick_run_end_to_end(tmp_path: Path) -> None:
                       (FLOOR_BATCH, "floor_paired_ratio")):
         rate = by_name[name]["rounds"][0]["decisions_per_s"]
         assert batch[key] == pytest.approx(rate / per_call)
+    # and how busy the client's core was in pdp's batch row (is the figure the client's?)
+    batch_row = by_name["AuthorizeBatch(100), 8 in flight"]["rounds"][0]
+    assert batch["client_cpu_pct"] == pytest.approx(batch_row["client_cpu_pct"])
+    # The pointer to make bench-native is printed exactly when the figure may be the client's.
+    client_bound = batch["client_cpu_pct"] >= CLIENT_BOUND_PCT or batch["floor_batch_ratio"] < 20
+    assert ("`make bench-native` measures it" in capsys.readouterr().out) == client_bound
 
 
 @pytest.mark.slow
