@@ -121,6 +121,33 @@ def print_table(title: str, rows: Sequence[Row]) -> str:
     return text
 
 
+# Issue 8's targets that compare two figures: the comparison and the bound of the ratio of
+# the medians, which decides "met". benchmarks.run (pdp-client) and benchmarks.native (the
+# native generator) judge by these same bounds.
+RATIO_TARGETS: dict[str, tuple[str, float]] = {
+    "sequential p50 <= 1.05x floor": ("<=", 1.05),
+    "server CPU/call <= 1.15x floor": ("<=", 1.15),
+    "CPU/call batch(3) <= Cerbos": ("<=", 1.0),
+    "Authorize calls/s at 32 >= Cerbos": (">=", 1.0),
+    "batch(100) >= 20x single decisions/s": (">=", 20.0),
+}
+
+
+def meets(target: str, ratio: float | None) -> bool:
+    """Whether ``ratio`` meets the ratio target named ``target`` (never when it is None)."""
+    comparison, bound = RATIO_TARGETS[target]
+    return ratio is not None and (ratio <= bound if comparison == "<=" else ratio >= bound)
+
+
+def print_targets(title: str, targets: dict[str, dict[str, Any]]) -> None:
+    """Print each target as met or not, with its figures (floats to three places)."""
+    print(f"\n== {title}")
+    for name, target in targets.items():
+        figures = ", ".join(f"{k}={x:.3f}" if isinstance(x, float) else f"{k}={x}"
+                            for k, x in target.items() if k != "met")
+        print(f"  [{'met' if target['met'] else 'NOT met'}] {name}: {figures}")
+
+
 def machine() -> dict[str, Any]:
     """nproc, CPU model, Python and grpcio versions, taskset availability."""
     import shutil

@@ -84,6 +84,8 @@ def test_uncached_shapes_ask_about_a_new_resource_on_every_call(
     env, server = served
     assert request_bytes("single", "t1").count(MARKER.encode()) == 1
     assert request_bytes("batch100", "t1").count(MARKER.encode()) == 100
+    with pytest.raises(KeyError):
+        request_bytes("batch7", "t1")  # no such kind
     # Had any request repeated, within a window or across two, the cache (which stores a
     # decision on its second request) would have answered its third: no hit means none did.
     before = _cache_hits(env, server)

@@ -17,7 +17,7 @@ import pytest
 from benchmarks.bundles import bundle_json
 from benchmarks.harness import BenchEnv, ServerProc, settle, start_pdp, stop_all
 from benchmarks.load import LoadPool
-from benchmarks.report import Row, Window, paired_ratio, percentile
+from benchmarks.report import Row, Window, meets, paired_ratio, percentile
 from benchmarks.run import (
     BATCH_SINGLE,
     CLIENT_BOUND_PCT,
@@ -50,6 +50,16 @@ def test_paired_ratio_is_the_median_of_ratios_within_rounds() -> None:
     assert paired_ratio(row(100, 50), row(0, 50), attr) == 1.0  # a zero round is left out
     assert paired_ratio(row(100), row(100, 100), attr) is None  # not the same rounds
     assert paired_ratio(row(), row(), attr) is None
+
+
+def test_a_ratio_target_is_met_at_its_bound_and_never_without_a_ratio() -> None:
+    assert meets("server CPU/call <= 1.15x floor", 1.15)
+    assert not meets("server CPU/call <= 1.15x floor", 1.151)
+    assert meets("batch(100) >= 20x single decisions/s", 20.0)
+    assert not meets("batch(100) >= 20x single decisions/s", 19.99)
+    assert not meets("sequential p50 <= 1.05x floor", None)
+    with pytest.raises(KeyError):
+        meets("no such target", 1.0)
 
 
 def test_settle_waits_for_a_busy_server_and_not_for_an_idle_one() -> None:
