@@ -103,7 +103,13 @@ SHAPES = (
           "batch3", 32, "pdp-batch", 3),
     Shape("pdp AuthorizeBatch(3) uncached, 32", "pdp", BATCH, "batch3-fresh", 32,
           "pdp-batch", 3),
+    # Not a target: the bulk shape a service filtering a list asks, beside the uncached
+    # AuthorizeBatch(100) above (the same 100 new resources a call, the same decision).
+    Shape(f"Cerbos {cerbos.VERSION} CheckResources(100 res, 1 action), 8", "cerbos", CHECK,
+          "check100", 8, "cerbos", 100),
 )
+# (the AuthorizeBatch(100) row, the Cerbos bulk row) compared by `bulk` below.
+BULK = (SHAPES[5].name, SHAPES[9].name)
 
 
 def build(cache: Path = CACHE) -> Path:
@@ -176,6 +182,15 @@ def request_bytes(kind: str, tag: str) -> bytes:
     if kind == "check3":
         cpb, _ = cerbos._stubs(str(cerbos.compile_stubs()))
         return bytes(cerbos._request(cpb, "doc-1", "alice").SerializeToString())
+    if kind == "check100":  # alice writes 100 of her own new documents, as batch100 asks
+        cpb, _ = cerbos._stubs(str(cerbos.compile_stubs()))
+        check = cerbos._request(cpb, fresh, "alice")
+        first = check.resources[0]
+        del first.actions[:]
+        first.actions.append("write")
+        for _ in range(99):
+            check.resources.add().CopyFrom(first)
+        return bytes(check.SerializeToString())
     raise KeyError(kind)
 
 
@@ -256,6 +271,33 @@ def targets(rows: dict[str, Row]) -> dict[str, Any]:
     return out
 
 
+def bulk(rows: dict[str, Row]) -> dict[str, Any] | None:
+    """pdp's uncached AuthorizeBatch(100) against Cerbos's CheckResources of 100 resources
+    (not one of issue 8's targets): server CPU per call (100 decisions each) and decisions/s,
+    by the medians and paired; None when the Cerbos row did not run."""
+    ours, theirs = BULK
+    if theirs not in rows:
+        return None
+    out: dict[str, Any] = {}
+    for attr in ("server_cpu_us_per_call", "decisions_per_s"):
+        a, b = rows[ours].median(attr), rows[theirs].median(attr)
+        out[attr] = {"ratio": a / b if b else None,
+                     "paired_ratio": paired_ratio(rows[ours], rows[theirs], attr)}
+    return out
+
+
+def print_bulk(found: dict[str, Any]) -> None:
+    cpu, rate = found["server_cpu_us_per_call"], found["decisions_per_s"]
+
+    def ratios(d: dict[str, float | None]) -> str:
+        return ", ".join(f"{k}={v:.3f}" for k, v in d.items() if v is not None)
+
+    print("\n== Beside the targets: pdp AuthorizeBatch(100) against Cerbos CheckResources(100 "
+          "resources), pdp/Cerbos\n"
+          f"  server CPU per call: {ratios(cpu)} (below 1: pdp cheaper)\n"
+          f"  decisions/s: {ratios(rate)} (above 1: pdp faster)", flush=True)
+
+
 def run(*, rounds: int = 5, seconds: float = 3.0, out_dir: Path = RESULTS,
         work: Path = WORK / "native") -> dict[str, Any]:
     """Measure every shape for ``rounds`` rounds, interleaved; print and write the results.
@@ -298,9 +340,12 @@ def run(*, rounds: int = 5, seconds: float = 3.0, out_dir: Path = RESULTS,
         out["table"] = print_table(title, list(rows.values()))
         out["rows"] = {name: row.summary() for name, row in rows.items()}
         out["targets"] = targets(rows)
+        out["bulk_vs_cerbos"] = bulk(rows)
     finally:
         stop_all(env.servers)
     print_targets("Targets (native load generator)", out["targets"])
+    if out["bulk_vs_cerbos"] is not None:
+        print_bulk(out["bulk_vs_cerbos"])
     out["wall_seconds"] = time.perf_counter() - started
     write_json(out_dir / "native.json", out)
     print(f"\nwrote {out_dir / 'native.json'} in {out['wall_seconds']:.0f} s")

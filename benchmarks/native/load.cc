@@ -5,8 +5,8 @@
 // Every occurrence of the marker in those bytes is replaced, call by call, by a counter of the
 // same width, so that every call asks about new resources (the digits keep every length, so
 // the bytes stay a valid message). Each answer is checked (--check): a pdp answer must be an
-// ALLOW (a batch: one ALLOW per item), a Cerbos answer must allow every action; anything else
-// counts as a failed call.
+// ALLOW (a batch: one ALLOW per item), a Cerbos answer must allow every action of every
+// resource; anything else counts as a failed call.
 //
 // Protocol with the harness: connect and warm up, print "ready", wait for a line on stdin,
 // run --duration seconds (then let the calls in flight finish), print one JSON line, exit.
@@ -146,8 +146,9 @@ bool pdp_batch_allow(Reader r, int items) {
   return r.ok && seen == items;
 }
 
-// A CheckResourcesResponse with one result (field 2) whose `actions` map (field 2: entries of
-// key 1, value 2) holds exactly `items` actions, each EFFECT_ALLOW (1).
+// A CheckResourcesResponse whose results (field 2: one per resource asked about) each hold an
+// `actions` map (field 2: entries of key 1, value 2) of at least one action, every one
+// EFFECT_ALLOW (1), `items` actions in all (one resource with 3 actions, or 100 with 1).
 bool cerbos_allow(Reader r, int items) {
   int results = 0, actions = 0;
   uint32_t number, type;
@@ -157,6 +158,7 @@ bool cerbos_allow(Reader r, int items) {
     if (!r.field(&number, &type, &result, &value)) return false;
     if (number != 2 || type != 2) continue;
     ++results;
+    const int before = actions;  // this result's actions are counted from here
     Reader entry{nullptr, nullptr};
     while (!result.done()) {
       if (!result.field(&number, &type, &entry, &value)) return false;
@@ -170,9 +172,9 @@ bool cerbos_allow(Reader r, int items) {
       if (!entry.ok || effect != 1) return false;
       ++actions;
     }
-    if (!result.ok) return false;
+    if (!result.ok || actions == before) return false;
   }
-  return r.ok && results == 1 && actions == items;
+  return r.ok && results > 0 && actions == items;
 }
 
 // --- the calls ----------------------------------------------------------------------------------

@@ -69,6 +69,8 @@ server:
     cert: "{cert}"
     key: "{key}"
     caCert: "{ca}"
+  requestLimits:  # the bulk shape of benchmarks.native sends 100 resources (default limit 50)
+    maxResourcesPerRequest: 100
 storage:
   driver: disk
   disk:

@@ -21,6 +21,7 @@ from benchmarks.harness import BenchEnv, ServerProc, free_port, start_pdp, stop_
 from benchmarks.native import (
     AUTHORIZE,
     BATCH,
+    CHECK,
     MARKER,
     SHAPES,
     NativeUnavailable,
@@ -67,6 +68,8 @@ def test_every_shape_runs_without_a_failed_call(tmp_path: Path, binary: Path) ->
         assert one["decisions"] == one["calls"] * items, name
     assert {"sequential p50 <= 1.05x floor", "server CPU/call <= 1.15x floor",
             "batch(100) >= 20x single decisions/s"} <= set(written["targets"])
+    if "cerbos_skipped" not in out:  # the bulk comparison, beside the targets
+        assert written["bulk_vs_cerbos"]["server_cpu_us_per_call"]["ratio"] > 0
     assert "floor no-op, 32 in flight" in written["table"]
 
 
@@ -122,6 +125,36 @@ def test_an_answer_that_is_not_the_expected_allow_stops_the_run(
     short = Shape("short", "pdp", BATCH, "batch3", 4, "pdp-batch", 4)
     with pytest.raises(RuntimeError, match=r"short: .*not ALLOW"):
         window(binary, env, server, short, request_bytes("batch3", "t4"), 0.2)
+
+
+@pytest.mark.slow
+def test_a_cerbos_answer_must_allow_every_resource_asked_about(tmp_path: Path,
+                                                               binary: Path) -> None:
+    from benchmarks.peers import cerbos
+
+    env = BenchEnv(tmp_path / "env")
+    try:
+        try:
+            server = cerbos.start_cerbos(env, cores=None)
+        except cerbos.CerbosUnavailable as exc:
+            pytest.skip(f"the Cerbos peer cannot be had here: {exc}")
+        bulk = Shape("bulk", "cerbos", CHECK, "check100", 2, "cerbos", 100)
+        request = request_bytes("check100", "t6")
+        assert request.count(MARKER.encode()) == 100  # 100 new resources a call
+        got = window(binary, env, server, bulk, request, 0.3)
+        assert got.errors == 0 and got.decisions == 100 * got.calls > 0, got
+        # One resource of the 100 that alice may not write (bob's): the call fails.
+        pb, _ = cerbos._stubs(str(cerbos.compile_stubs()))
+        mixed = pb.CheckResourcesRequest.FromString(request)
+        mixed.resources[57].resource.attr["owner"].string_value = "bob"
+        with pytest.raises(RuntimeError, match=r"bulk: .*not ALLOW"):
+            window(binary, env, server, bulk, mixed.SerializeToString(), 0.2)
+        # Every resource allowed, but one decision fewer than expected: fails too.
+        more = Shape("more", "cerbos", CHECK, "check100", 2, "cerbos", 101)
+        with pytest.raises(RuntimeError, match=r"more: .*not ALLOW"):
+            window(binary, env, server, more, request, 0.2)
+    finally:
+        stop_all(env.servers)
 
 
 def test_a_server_that_cannot_be_reached_stops_the_run_saying_so(
