@@ -243,14 +243,20 @@ def window(binary: Path, env: BenchEnv, server: ServerProc, shape: Shape, reques
                   workers=1)
 
 
+def _pair(rows: dict[str, Row], a: str, b: str, attr: str) -> dict[str, float | None]:
+    """Row ``a`` against row ``b`` on ``attr``: the ratio of the medians and the paired ratio."""
+    over = rows[b].median(attr)
+    return {"ratio": rows[a].median(attr) / over if over else None,
+            "paired_ratio": paired_ratio(rows[a], rows[b], attr)}
+
+
 def targets(rows: dict[str, Row]) -> dict[str, Any]:
     """Issue 8's targets from this run's rows (those whose rows ran)."""
     def m(name: str, attr: str) -> float:
         return rows[name].median(attr)
 
     def pair(a: str, b: str, attr: str) -> dict[str, float | None]:
-        ratio = m(a, attr) / m(b, attr) if m(b, attr) else None
-        return {"ratio": ratio, "paired_ratio": paired_ratio(rows[a], rows[b], attr)}
+        return _pair(rows, a, b, attr)
 
     names = [s.name for s in SHAPES]
     out: dict[str, Any] = {
@@ -278,12 +284,8 @@ def bulk(rows: dict[str, Row]) -> dict[str, Any] | None:
     ours, theirs = BULK
     if theirs not in rows:
         return None
-    out: dict[str, Any] = {}
-    for attr in ("server_cpu_us_per_call", "decisions_per_s"):
-        a, b = rows[ours].median(attr), rows[theirs].median(attr)
-        out[attr] = {"ratio": a / b if b else None,
-                     "paired_ratio": paired_ratio(rows[ours], rows[theirs], attr)}
-    return out
+    return {attr: _pair(rows, ours, theirs, attr)
+            for attr in ("server_cpu_us_per_call", "decisions_per_s")}
 
 
 def print_bulk(found: dict[str, Any]) -> None:
