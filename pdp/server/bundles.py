@@ -94,6 +94,7 @@ class BundleManager:
         clock: Clock,
         on_activated: Callable[[CompiledPolicy], None] | None = None,
         on_shadow: Callable[[CompiledPolicy | None], None] | None = None,
+        on_settled: Callable[[], None] | None = None,
     ) -> None:
         self._store = store
         self._engine = engine
@@ -102,6 +103,8 @@ class BundleManager:
         self._clock = clock
         self._on_activated = on_activated
         self._on_shadow = on_shadow
+        self._on_settled = on_settled
+        self._unsettled = 0  # settle() calls until on_settled runs (0: nothing to settle)
         self._lock = threading.RLock()
         self._activation: Activation | None = None
         self._shadow_version: str | None = None
@@ -210,14 +213,31 @@ class BundleManager:
         what it serves.
         """
         with self._lock:
-            before = self._engine.policy
+            before, shadow_before = self._engine.policy, self._shadow_version
             self._sync_active()
             self._sync_quarantine()
             self._sync_shadow()
             self._prune()
-            if self._engine.policy is not before:
-                del before  # the replaced policy goes now, and its memory with it
+            changed = self._engine.policy is not before or self._shadow_version != shadow_before
+            del before  # a replaced policy goes now, and its memory with it
+            if changed:
+                self._unsettled = 2
                 _release_free_memory()
+
+    def settle(self) -> None:
+        """Run ``on_settled`` once after the active or the shadow policy changed, at the
+        second call after the change.
+
+        The server's monitor calls it every half second: on_settled then runs 0.5-1 s after
+        the change, once the push that made it has returned and dropped its parse of the
+        bundle, and not again while pushes keep coming.
+        """
+        with self._lock:
+            if not self._unsettled:
+                return
+            self._unsettled -= 1
+            if not self._unsettled and self._on_settled is not None:
+                self._on_settled()
 
     def _prune(self) -> None:
         keep = {self._activation.version if self._activation else None, self._shadow_version}

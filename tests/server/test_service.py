@@ -6,6 +6,8 @@ import gc
 import socket
 import ssl
 import threading
+import time
+import weakref
 from collections.abc import Callable
 
 import grpc
@@ -184,6 +186,48 @@ def test_activate_rollback_and_unknown_version(harness: Harness) -> None:
     assert status.active_version == first and status.serving and status.audit.healthy
 
 
+class _Cycle:
+    def __init__(self) -> None:
+        self.me = self
+
+
+def test_an_activated_policy_leaves_the_collectors_view_and_goes_when_replaced(
+    harness: Harness,
+) -> None:
+    # pdp.server.app.settle_heap, run by the server's monitor after an activation: a full
+    # collection, then gc.freeze().
+    first = harness.server.engine.policy
+    assert first is not None
+    first_gone = weakref.ref(first)
+    del first
+    was_enabled = gc.isenabled()
+    gc.disable()  # only the server's own collection may reclaim the cycle below
+    try:
+        garbage = _Cycle()
+        garbage_gone = weakref.ref(garbage)
+        del garbage
+        assert garbage_gone() is not None
+        harness.push(TEST_BUNDLE.replace('revision: "1"', 'revision: "2"'))
+        policy = harness.server.engine.policy
+        assert policy is not None
+
+        def in_view() -> bool:
+            return any(o is policy for o in gc.get_objects())
+
+        deadline = time.monotonic() + 10
+        while in_view() and time.monotonic() < deadline:
+            time.sleep(0.05)
+        # The new policy left the collector's view (a full collection skips it)...
+        assert not in_view()
+        # ...cyclic garbage of that moment was collected, not frozen with it...
+        assert garbage_gone() is None
+    finally:
+        if was_enabled:
+            gc.enable()
+    # ...and the replaced policy, frozen at its own activation, was freed all the same.
+    assert first_gone() is None
+
+
 def test_no_bundle_outlives_its_push_yet_list_status_shadow_explain_and_rollback_work(
     harness: Harness,
 ) -> None:
@@ -195,6 +239,7 @@ def test_no_bundle_outlives_its_push_yet_list_status_shadow_explain_and_rollback
     second = harness.push(text).bundle.version
     admin.SetShadow(admin_pb2.SetShadowRequest(version=first), timeout=5)
     digests = {load_bundle(TEST_BUNDLE).digest, load_bundle(text).digest}
+    gc.unfreeze()  # frozen objects (see the next test) are not in gc.get_objects()
     gc.collect()
     assert not [o for o in gc.get_objects() if isinstance(o, Bundle) and o.digest in digests]
 
