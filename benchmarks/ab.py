@@ -122,7 +122,7 @@ def _median_ratio(new: Row, old: Row, attr: str) -> float:
 
 def _table(title: str, shapes: dict[str, dict[str, Row]]) -> str:
     head = (f"{'shape':<14}{'server':<8}{'calls/s':>10}{'decisions/s':>13}{'p50 ms':>9}"
-            f"{'p99 ms':>9}{'CPU us/call':>13}{'vs floor':>10}{'new/old CPU':>13}"
+            f"{'p99 ms':>9}{'slowest':>9}{'CPU us/call':>13}{'vs floor':>10}{'new/old CPU':>13}"
             f"{'new/old dec/s':>15}")
     lines = [f"\n== {title}", head, "-" * len(head)]
     for name, rows in shapes.items():
@@ -138,7 +138,8 @@ def _table(title: str, shapes: dict[str, dict[str, Row]]) -> str:
             lines.append(
                 f"{name:<14}{who:<8}{row.median('calls_per_s'):>10,.0f}"
                 f"{row.median('decisions_per_s'):>13,.0f}{row.median('p50_ms'):>9.2f}"
-                f"{row.median('p99_ms'):>9.2f}{row.median('server_cpu_us_per_call'):>13,.1f}"
+                f"{row.median('p99_ms'):>9.2f}{row.slowest_ms:>9.1f}"
+                f"{row.median('server_cpu_us_per_call'):>13,.1f}"
                 f"{vs_floor:>10.3f}{cpu:>13}{dec:>15}{errors}")
     text = "\n".join(lines)
     print(text, flush=True)
@@ -147,9 +148,10 @@ def _table(title: str, shapes: dict[str, dict[str, Row]]) -> str:
 
 def run(old: str, *, new: str | None = None, shapes: Sequence[str] = DEFAULT_SHAPES,
         rounds: int = 6, seconds: float = 2.0, out_dir: Path = RESULTS,
-        work: Path = WORK, client: str = "pdp-client") -> dict[str, Any]:
+        work: Path = WORK, client: str = "pdp-client", rules: int = 1000) -> dict[str, Any]:
     """Measure floor, ``old`` and ``new`` (None: the working tree) side by side, the load
-    sent by ``client`` (one of CLIENTS); write and return the results. Raises RuntimeError
+    sent by ``client`` (one of CLIENTS), both pdp sides serving a bundle of ``rules`` rules;
+    write and return the results. Raises RuntimeError
     when a revision cannot be checked out or built, a server does not run the code it is
     meant to, a shape or client is unknown, or the native generator cannot be built."""
     if client not in CLIENTS:
@@ -164,15 +166,18 @@ def run(old: str, *, new: str | None = None, shapes: Sequence[str] = DEFAULT_SHA
     if unknown or not shapes:
         raise RuntimeError(f"unknown shape(s) {', '.join(unknown) or '(none given)'}; known: "
                            f"{', '.join(SHAPES)}")
+    if rules < 3:
+        raise RuntimeError(f"a bundle has at least 3 rules here, not {rules}")
     if rounds < 1 or not seconds > 0:
         raise RuntimeError(f"rounds must be at least 1 and seconds positive, not {rounds} and "
                            f"{seconds}")
     started = time.perf_counter()
     out: dict[str, Any] = {"machine": machine(), "rounds": rounds, "seconds": seconds,
-                           "client": client,
+                           "client": client, "rules": rules,
                            "command": f"python -m benchmarks.ab {old}"
                                       + (f" --new {new}" if new else "")
-                                      + (f" --client {client}" if binary else "")}
+                                      + (f" --client {client}" if binary else "")
+                                      + (f" --rules {rules}" if rules != 1000 else "")}
     with contextlib.ExitStack() as stack:  # on exit: servers, load generators, worktrees
         old_path, old_sha = stack.enter_context(checkout(old, work))
         new_path, new_sha = (None, _git("rev-parse", "HEAD")) if new is None else (
@@ -184,7 +189,7 @@ def run(old: str, *, new: str | None = None, shapes: Sequence[str] = DEFAULT_SHA
         stack.callback(pool.close)
         stack.callback(stop_all, env.servers)
         bench = Bench(env, pool, rounds, seconds, client_cores=1)
-        bundle = env.sign("b1000", bundle_json(1000), 1000)
+        bundle = env.sign(f"b{rules}", bundle_json(rules), rules)
         servers = {
             "floor": start_floor(env, "floor", cores=SERVER_CORE),
             "old": start_pdp(env, "old", cores=SERVER_CORE, bundle=bundle, code=old_path),
@@ -212,8 +217,9 @@ def run(old: str, *, new: str | None = None, shapes: Sequence[str] = DEFAULT_SHA
                     table[name][who].rounds.append(
                         measure(bench, [server], spread(job, shape.inflight, WORKERS)))
         title = (f"floor, pdp old ({old} = {old_sha[:12]}) and new "
-                 f"({new or 'the working tree'}), load from {client}, median of {rounds} "
-                 f"rounds of {seconds} s; ratios: median of the per-round ratios")
+                 f"({new or 'the working tree'}), {rules:,} rules, load from {client}, median "
+                 f"of {rounds} rounds of {seconds} s; ratios: median of the per-round ratios; "
+                 f"slowest: the slowest call of every round")
         out["table"] = _table(title, table)
         out["shapes"] = {name: _summary(rows) for name, rows in table.items()}
     out["wall_seconds"] = time.perf_counter() - started
@@ -266,13 +272,16 @@ def main(argv: list[str] | None = None) -> int:
     p.add_argument("--seconds", type=float, default=2.0, help="the length of each window")
     p.add_argument("--shapes", default=",".join(DEFAULT_SHAPES),
                    help=f"comma-separated, of: {', '.join(SHAPES)}")
+    p.add_argument("--rules", type=int, default=1000,
+                   help="the size of the bundle both pdp sides serve (the benchmark's, at "
+                        "least 3)")
     p.add_argument("--client", default="pdp-client", choices=CLIENTS,
                    help="what sends the load: pdp-client (as make bench) or the native "
                         "generator of benchmarks.native")
     args = p.parse_args(argv)
     try:
         run(args.old, new=args.new, shapes=[s for s in args.shapes.split(",") if s],
-            rounds=args.rounds, seconds=args.seconds, client=args.client)
+            rounds=args.rounds, seconds=args.seconds, client=args.client, rules=args.rules)
     except RuntimeError as exc:
         print(f"benchmarks.ab: {exc}", file=sys.stderr)
         return 1

@@ -237,7 +237,7 @@ def window(binary: Path, env: BenchEnv, server: ServerProc, shape: Shape, reques
     return Window(calls=calls, decisions=got["decisions"], errors=got["errors"],
                   seconds=elapsed, calls_per_s=calls / elapsed,
                   decisions_per_s=got["decisions"] / elapsed, p50_ms=got["p50_ms"],
-                  p99_ms=got["p99_ms"],
+                  p99_ms=got["p99_ms"], max_ms=got["max_ms"],
                   server_cpu_us_per_call=(after - before) / calls * 1e6 if calls else 0.0,
                   client_cpu_pct=100 * got["cpu"] / elapsed, first_error=got["first_error"],
                   workers=1)

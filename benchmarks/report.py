@@ -44,6 +44,7 @@ class Window:
     client_cpu_pct: float  # load generators' CPU / (window x client cores)
     first_error: str = ""
     workers: int = 0  # load-generator processes that sent this window's calls
+    max_ms: float = 0.0  # the window's slowest call
 
 
 def window(results: Sequence[WorkerResult], server_cpu_s: float, *,
@@ -61,7 +62,8 @@ def window(results: Sequence[WorkerResult], server_cpu_s: float, *,
         p50_ms=percentile(lat, 50) * 1e3, p99_ms=percentile(lat, 99) * 1e3,
         server_cpu_us_per_call=server_cpu_s / calls * 1e6 if calls else 0.0,
         client_cpu_pct=100 * cpu / (seconds * client_cores),
-        first_error=errors[0] if errors else "", workers=len(results))
+        first_error=errors[0] if errors else "", workers=len(results),
+        max_ms=max(lat, default=0.0) * 1e3)
 
 
 @dataclass
@@ -80,12 +82,18 @@ class Row:
     def errors(self) -> int:
         return sum(w.errors for w in self.rounds)
 
+    @property
+    def slowest_ms(self) -> float:
+        """The slowest call of every round (a stall shows here, not in a median)."""
+        return max((w.max_ms for w in self.rounds), default=0.0)
+
     def summary(self) -> dict[str, Any]:
         """Medians plus every round, for the JSON file."""
         keys = ("calls_per_s", "decisions_per_s", "p50_ms", "p99_ms",
                 "server_cpu_us_per_call", "client_cpu_pct")
         return {"name": self.name, "note": self.note, "errors": self.errors,
                 "median": {k: round(self.median(k), 3) for k in keys},
+                "slowest_ms": round(self.slowest_ms, 3),
                 "rounds": [asdict(w) for w in self.rounds]}
 
 

@@ -274,7 +274,8 @@ class Load {
     out << std::fixed << "{\"calls\":" << calls << ",\"errors\":" << errors
         << ",\"decisions\":" << (calls - errors) * o_.items << ",\"elapsed\":" << elapsed
         << ",\"cpu\":" << cpu << ",\"p50_ms\":" << percentile(latencies, 50)
-        << ",\"p99_ms\":" << percentile(latencies, 99) << ",\"first_error\":\""
+        << ",\"p99_ms\":" << percentile(latencies, 99)
+        << ",\"max_ms\":" << percentile(latencies, 100) << ",\"first_error\":\""
         << escape(first_error) << "\"}";
     return out.str();
   }

@@ -16,8 +16,8 @@ import pytest
 
 from benchmarks.bundles import bundle_json
 from benchmarks.harness import BenchEnv, ServerProc, settle, start_pdp, stop_all
-from benchmarks.load import LoadPool
-from benchmarks.report import Row, Window, meets, paired_ratio, percentile
+from benchmarks.load import LoadPool, WorkerResult
+from benchmarks.report import Row, Window, meets, paired_ratio, percentile, window
 from benchmarks.run import (
     BATCH_SINGLE,
     CLIENT_BOUND_PCT,
@@ -50,6 +50,23 @@ def test_paired_ratio_is_the_median_of_ratios_within_rounds() -> None:
     assert paired_ratio(row(100, 50), row(0, 50), attr) == 1.0  # a zero round is left out
     assert paired_ratio(row(100), row(100, 100), attr) is None  # not the same rounds
     assert paired_ratio(row(), row(), attr) is None
+
+
+def test_the_slowest_call_is_kept_per_window_and_over_rounds() -> None:
+    # A stall (the collector walking a big policy) is one call in thousands: it shows in
+    # the slowest call, not in a median or p99.
+    def worker(*latencies_s: float) -> WorkerResult:
+        return WorkerResult(calls=len(latencies_s), decisions=len(latencies_s), errors=0,
+                            elapsed=1.0, cpu=0.1, latencies=list(latencies_s))
+    first = window([worker(*[0.001] * 99, 0.150), worker(*[0.002] * 100)], 0.5,
+                   client_cores=1)
+    second = window([worker(0.003)], 0.5, client_cores=1)
+    assert (first.max_ms, second.max_ms) == (150.0, 3.0)
+    assert first.p99_ms == 2.0  # one call in 200: above the 99th percentile
+    row = Row("r", rounds=[second, first])
+    assert row.slowest_ms == 150.0 and row.summary()["slowest_ms"] == 150.0
+    assert Row("empty").slowest_ms == 0.0
+    assert window([worker()], 0.0, client_cores=1).max_ms == 0.0
 
 
 def test_a_ratio_target_is_met_at_its_bound_and_never_without_a_ratio() -> None:
