@@ -115,13 +115,15 @@ _COLUMNS = (("calls/s", "calls_per_s", "{:,.0f}"), ("decisions/s", "decisions_pe
 
 
 def print_table(title: str, rows: Sequence[Row]) -> str:
-    """Print (and return) a table of the rows' medians."""
+    """Print (and return) a table of the rows' medians and of each row's slowest call."""
     width = max([len(r.name) for r in rows] + [14])
-    head = f"{'configuration':<{width}}  " + "  ".join(f"{c:>15}" for c, _, _ in _COLUMNS)
+    head = (f"{'configuration':<{width}}  " + "  ".join(f"{c:>15}" for c, _, _ in _COLUMNS)
+            + f"  {'slowest ms':>12}")
     lines = [f"\n== {title} (median of {max((len(r.rounds) for r in rows), default=0)} "
-             "rounds)", head, "-" * len(head)]
+             "rounds; slowest: the slowest call of them all)", head, "-" * len(head)]
     for r in rows:
         cells = "  ".join(f"{fmt.format(r.median(attr)):>15}" for _, attr, fmt in _COLUMNS)
+        cells += f"  {r.slowest_ms:>12.1f}"
         extra = f"  errors={r.errors}" if r.errors else ""
         lines.append(f"{r.name:<{width}}  {cells}{extra}")
     text = "\n".join(lines)
