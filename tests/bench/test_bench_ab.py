@@ -64,6 +64,9 @@ def test_an_unknown_revision_or_shape_is_refused_before_anything_starts(tmp_path
     with pytest.raises(RuntimeError, match="unknown client 'ghz'"):
         run("HEAD", shapes=("authorize-1",), rounds=1, seconds=0.1,
             out_dir=tmp_path / "results", work=tmp_path / "work", client="ghz")
+    with pytest.raises(RuntimeError, match="at least 3 rules here, not 2"):
+        run("HEAD", shapes=("authorize-1",), rounds=1, seconds=0.1,
+            out_dir=tmp_path / "results", work=tmp_path / "work", rules=2)
     assert not (tmp_path / "results" / "ab.json").exists()
 
 
