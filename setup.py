@@ -2,7 +2,8 @@
 
 Built at install, so installing from source needs a C compiler and the Python headers:
 pdp/server/_wire.c (the decision path's request decoder, its Request builders and the
-answer encoder), pdp/policy/_json.c (the JSON bundle loader's duplicate-key check) and
+answer encoder), pdp/policy/_json.c (the JSON bundle loader's duplicate-key check and its fast path
+for a rule whose parts were all met before) and
 pdp/policy/_doorkeeper.c (the decision cache's admission test). See docs/performance.md,
 items 22, 23, 25, 26 and 30.
 """

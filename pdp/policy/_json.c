@@ -7,6 +7,10 @@
  * the dict itself, refusing a repeated key. Written in Python, that hook cost ~0.4 s of
  * the ~1.5 s a 100,000-rule bundle takes to load (400,000 objects); here it costs about
  * what the json module's own dict building does.
+ *
+ * It also holds the loader's fast path for a rule whose parts were all met before
+ * (quick_rule, below): per rule, the ~4.8 µs of Python it replaces were half the time a
+ * 100,000-rule bundle took to load.
  */
 #define PY_SSIZE_T_CLEAN
 #include <Python.h>
@@ -44,16 +48,287 @@ fail:
     return NULL;
 }
 
+/* --- quick_rule ---------------------------------------------------------------------------
+ *
+ * The loader validates a rule's parts (actions, subjects, resource ids, condition) once per
+ * spelling and remembers the result under the part's repr() (which tells 1, 1.0, True and
+ * "1" apart): pdp/policy/loader.py, _Validator. quick_rule(raw, flags, actions_seen,
+ * subjects_seen, ids_seen, when_seen, types_seen) is the Rule of ``raw`` when every check a
+ * rule needs beyond those remembered parts passes here, else None: the caller then takes the
+ * full path (_Validator.rule), which finds and names any fault. Returning None is always
+ * safe; returning a Rule is only allowed where the full path would return an equal one
+ * (tests/policy/test_policy_large.py holds the two paths to the same bundles).
+ *
+ * A Rule and its ResourceMatch are made as a frozen slotted dataclass's __init__ makes them
+ * (their member descriptors set the fields) and left out of the cycle collector: each is made
+ * after every value it holds and is never assigned to afterwards, so it cannot be part of a
+ * cycle, and it is still freed by its reference count. A 100,000-rule bundle then holds
+ * 200,000 fewer objects for the collections that follow its load to walk. */
+
+enum { F_ID, F_EFFECT, F_ACTIONS, F_SUBJECTS, F_RESOURCES, F_WHEN, F_DESCRIPTION, RULE_FIELDS };
+enum { R_TYPE, R_IDS, RESOURCE_FIELDS };
+
+static PyTypeObject *rule_type = NULL, *resource_type = NULL;
+static PyObject *rule_slots[RULE_FIELDS], *resource_slots[RESOURCE_FIELDS];
+static PyObject *allow_value = NULL, *deny_value = NULL, *rule_keys = NULL;
+static PyObject *resource_keys = NULL, *nothing = NULL, *no_args = NULL;
+static PyObject *s_id, *s_effect, *s_actions, *s_subjects, *s_resources, *s_when;
+static PyObject *s_description, *s_type, *s_ids, *s_allow, *s_deny, *s_star, *s_empty;
+static PyObject *s_clock, *s_peer;
+
+static int interned(void) {
+    if (s_id != NULL)
+        return 0;
+    struct { PyObject **to; const char *text; } all[] = {
+        {&s_id, "id"}, {&s_effect, "effect"}, {&s_actions, "actions"},
+        {&s_subjects, "subjects"}, {&s_resources, "resources"}, {&s_when, "when"},
+        {&s_description, "description"}, {&s_type, "type"}, {&s_ids, "ids"},
+        {&s_allow, "allow"}, {&s_deny, "deny"}, {&s_star, "*"}, {&s_empty, ""},
+        {&s_clock, "clock"}, {&s_peer, "peer"},
+    };
+    for (size_t i = 0; i < sizeof all / sizeof all[0]; i++)
+        if ((*all[i].to = PyUnicode_InternFromString(all[i].text)) == NULL)
+            return -1;
+    return (no_args = PyTuple_New(0)) == NULL ? -1 : 0;
+}
+
+/* The member descriptors of ``count`` fields of ``cls`` (a slotted class), new references;
+ * TypeError otherwise. */
+static int slots_of(PyObject *cls, PyObject *const *names, PyObject **out, int count) {
+    for (int i = 0; i < count; i++) {
+        PyObject *slot = PyObject_GetAttr(cls, names[i]);
+        if (slot == NULL || !PyObject_TypeCheck(slot, &PyMemberDescr_Type) ||
+            PyDescr_TYPE(slot) != (PyTypeObject *)cls) {
+            Py_XDECREF(slot);
+            for (int j = 0; j < i; j++)
+                Py_CLEAR(out[j]);
+            PyErr_Clear();
+            PyErr_Format(PyExc_TypeError, "%R is not a slot of %R", names[i], cls);
+            return -1;
+        }
+        out[i] = slot;
+    }
+    return 0;
+}
+
+/* rule_types(Rule, ResourceMatch, Effect.ALLOW, Effect.DENY, rule_keys, resource_keys,
+ * nothing): what quick_rule builds and checks against; called once by the loader. */
+static PyObject *rule_types(PyObject *module, PyObject *const *args, Py_ssize_t nargs) {
+    (void)module;
+    if (nargs != 7 || !PyType_Check(args[0]) || !PyType_Check(args[1]) ||
+        !PyFrozenSet_CheckExact(args[4]) || !PyFrozenSet_CheckExact(args[5]) ||
+        !PyDict_CheckExact(args[6])) {
+        PyErr_SetString(PyExc_TypeError, "rule_types(Rule, ResourceMatch, allow, deny, "
+                                         "rule keys, resource keys, nothing)");
+        return NULL;
+    }
+    if (interned() < 0)
+        return NULL;
+    PyObject *rule_names[RULE_FIELDS] = {s_id, s_effect, s_actions, s_subjects,
+                                         s_resources, s_when, s_description};
+    PyObject *resource_names[RESOURCE_FIELDS] = {s_type, s_ids};
+    PyObject *rs[RULE_FIELDS], *ms[RESOURCE_FIELDS];
+    if (slots_of(args[0], rule_names, rs, RULE_FIELDS) < 0)
+        return NULL;
+    if (slots_of(args[1], resource_names, ms, RESOURCE_FIELDS) < 0) {
+        for (int i = 0; i < RULE_FIELDS; i++)
+            Py_DECREF(rs[i]);
+        return NULL;
+    }
+    for (int i = 0; i < RULE_FIELDS; i++)
+        Py_XSETREF(rule_slots[i], rs[i]);
+    for (int i = 0; i < RESOURCE_FIELDS; i++)
+        Py_XSETREF(resource_slots[i], ms[i]);
+    Py_XSETREF(rule_type, (PyTypeObject *)Py_NewRef(args[0]));
+    Py_XSETREF(resource_type, (PyTypeObject *)Py_NewRef(args[1]));
+    Py_XSETREF(allow_value, Py_NewRef(args[2]));
+    Py_XSETREF(deny_value, Py_NewRef(args[3]));
+    Py_XSETREF(rule_keys, Py_NewRef(args[4]));
+    Py_XSETREF(resource_keys, Py_NewRef(args[5]));
+    Py_XSETREF(nothing, Py_NewRef(args[6]));
+    Py_RETURN_NONE;
+}
+
+/* 1 when every key of the dict ``d`` is in the frozenset ``allowed``, 0 if not, -1 on error. */
+static int keys_within(PyObject *d, PyObject *allowed) {
+    Py_ssize_t pos = 0;
+    PyObject *key, *value;
+    while (PyDict_Next(d, &pos, &key, &value)) {
+        int in = PySet_Contains(allowed, key);
+        if (in <= 0)
+            return in;
+    }
+    return 1;
+}
+
+/* memo[repr(value)], borrowed; NULL with no error when it is not there or when value is too
+ * deeply nested to repr (RecursionError: the full path reports that); NULL with an error
+ * otherwise. */
+static PyObject *remembered(PyObject *memo, PyObject *value) {
+    PyObject *key = PyObject_Repr(value);
+    if (key == NULL) {
+        if (PyErr_ExceptionMatches(PyExc_RecursionError))
+            PyErr_Clear();
+        return NULL;
+    }
+    PyObject *found = PyDict_GetItemWithError(memo, key);
+    Py_DECREF(key);
+    return found;
+}
+
+/* A new instance of ``cls`` with ``count`` fields set through ``slots_``, untracked. */
+static PyObject *made_of(PyTypeObject *cls, PyObject *const *slots_, PyObject *const *values,
+                         int count) {
+    PyObject *obj = cls->tp_new(cls, no_args, NULL);
+    if (obj == NULL)
+        return NULL;
+    for (int i = 0; i < count; i++) {
+        if (Py_TYPE(slots_[i])->tp_descr_set(slots_[i], obj, values[i]) < 0) {
+            Py_DECREF(obj);
+            return NULL;
+        }
+    }
+    if (PyObject_GC_IsTracked(obj))
+        PyObject_GC_UnTrack(obj);
+    return obj;
+}
+
+/* The value of ``key`` in the dict ``d`` (borrowed), ``fallback`` when absent, NULL on error. */
+static PyObject *get_or(PyObject *d, PyObject *key, PyObject *fallback) {
+    PyObject *found = PyDict_GetItemWithError(d, key);
+    return found != NULL || PyErr_Occurred() ? found : fallback;
+}
+
+#define NOT_QUICK() do { if (PyErr_Occurred()) return NULL; Py_RETURN_NONE; } while (0)
+
+static PyObject *quick_rule(PyObject *module, PyObject *const *args, Py_ssize_t nargs) {
+    (void)module;
+    if (rule_type == NULL) {
+        PyErr_SetString(PyExc_RuntimeError, "quick_rule before rule_types");
+        return NULL;
+    }
+    if (nargs != 7 || !PyDict_CheckExact(args[2]) || !PyDict_CheckExact(args[3]) ||
+        !PyDict_CheckExact(args[4]) || !PyDict_CheckExact(args[5]) ||
+        !PyDict_CheckExact(args[6])) {
+        PyErr_SetString(PyExc_TypeError, "quick_rule(raw, flags, actions_seen, subjects_seen, "
+                                         "ids_seen, when_seen, types_seen)");
+        return NULL;
+    }
+    PyObject *raw = args[0], *flags = args[1];
+    if (!PyDict_CheckExact(raw))
+        Py_RETURN_NONE;
+    int ok = keys_within(raw, rule_keys);
+    if (ok <= 0)
+        NOT_QUICK();
+    PyObject *actions_raw = PyDict_GetItemWithError(raw, s_actions);
+    if (actions_raw == NULL)
+        NOT_QUICK();
+    PyObject *rule_id = get_or(raw, s_id, Py_None);
+    PyObject *effect_text = get_or(raw, s_effect, Py_None);
+    PyObject *description = get_or(raw, s_description, s_empty);
+    if (rule_id == NULL || effect_text == NULL || description == NULL)
+        return NULL;
+    if (!PyUnicode_CheckExact(rule_id) || PyUnicode_GET_LENGTH(rule_id) == 0 ||
+        !PyUnicode_CheckExact(description) || !PyUnicode_CheckExact(effect_text))
+        Py_RETURN_NONE;
+    PyObject *effect;
+    if (PyUnicode_Compare(effect_text, s_allow) == 0)
+        effect = allow_value;
+    else if (PyUnicode_Compare(effect_text, s_deny) == 0)
+        effect = deny_value;
+    else
+        NOT_QUICK();
+    PyObject *actions = remembered(args[2], actions_raw);
+    if (actions == NULL)
+        NOT_QUICK();
+    PyObject *subjects_raw = get_or(raw, s_subjects, nothing);
+    if (subjects_raw == NULL)
+        return NULL;
+    PyObject *subjects = remembered(args[3], subjects_raw);
+    if (subjects == NULL)
+        NOT_QUICK();
+    PyObject *res = get_or(raw, s_resources, nothing);
+    if (res == NULL)
+        return NULL;
+    if (!PyDict_CheckExact(res))
+        Py_RETURN_NONE;
+    if ((ok = keys_within(res, resource_keys)) <= 0)
+        NOT_QUICK();
+    PyObject *rtype = get_or(res, s_type, s_star);
+    if (rtype == NULL)
+        return NULL;
+    if (!PyUnicode_CheckExact(rtype) || PyUnicode_GET_LENGTH(rtype) == 0)
+        Py_RETURN_NONE;
+    Py_ssize_t length = PyUnicode_GET_LENGTH(rtype);
+    Py_ssize_t open = PyUnicode_FindChar(rtype, '[', 0, length, 1);
+    Py_ssize_t close = open == -1 ? PyUnicode_FindChar(rtype, ']', 0, length, 1) : open;
+    if (open == -2 || close == -2)
+        return NULL;
+    if (close != -1)  /* a "[" or a "]": the full path decides what the pattern means */
+        Py_RETURN_NONE;
+    PyObject *ids = no_args;  /* () */
+    PyObject *ids_raw = PyDict_GetItemWithError(res, s_ids);
+    if (ids_raw != NULL) {
+        if ((ids = remembered(args[4], ids_raw)) == NULL)
+            NOT_QUICK();
+    } else if (PyErr_Occurred()) {
+        return NULL;
+    }
+    PyObject *when = Py_None, *reads_clock = NULL, *reads_peer = NULL;
+    PyObject *when_raw = PyDict_GetItemWithError(raw, s_when);
+    if (when_raw != NULL) {
+        PyObject *found = remembered(args[5], when_raw);
+        if (found == NULL)
+            NOT_QUICK();
+        if (!PyTuple_CheckExact(found) || PyTuple_GET_SIZE(found) != 3) {
+            PyErr_SetString(PyExc_TypeError, "when_seen holds (when, reads_clock, reads_peer)");
+            return NULL;
+        }
+        when = PyTuple_GET_ITEM(found, 0);
+        reads_clock = PyTuple_GET_ITEM(found, 1);
+        reads_peer = PyTuple_GET_ITEM(found, 2);
+    } else if (PyErr_Occurred()) {
+        return NULL;
+    }
+    PyObject *shared = PyDict_SetDefault(args[6], rtype, rtype);  /* one str per type */
+    if (shared == NULL)
+        return NULL;
+    if (reads_clock != NULL) {
+        int clock = PyObject_IsTrue(reads_clock), peer = PyObject_IsTrue(reads_peer);
+        if (clock < 0 || peer < 0)
+            return NULL;
+        if (clock && PyObject_SetAttr(flags, s_clock, Py_True) < 0)
+            return NULL;
+        if (peer && PyObject_SetAttr(flags, s_peer, Py_True) < 0)
+            return NULL;
+    }
+    PyObject *resource_values[RESOURCE_FIELDS] = {shared, ids};
+    PyObject *resources = made_of(resource_type, resource_slots, resource_values,
+                                  RESOURCE_FIELDS);
+    if (resources == NULL)
+        return NULL;
+    PyObject *values[RULE_FIELDS] = {rule_id, effect, actions, subjects,
+                                     resources, when, description};
+    PyObject *rule = made_of(rule_type, rule_slots, values, RULE_FIELDS);
+    Py_DECREF(resources);
+    return rule;
+}
+
 static PyMethodDef methods[] = {
     {"pairs_to_dict", pairs_to_dict, METH_O,
      "A dict of JSON (key, value) pairs; ValueError when a key repeats."},
+    {"rule_types", (PyCFunction)(void (*)(void))rule_types, METH_FASTCALL,
+     "What quick_rule builds: Rule, ResourceMatch, Effect.ALLOW, Effect.DENY, the rule's and "
+     "the resource's allowed keys, the empty mapping a missing part means."},
+    {"quick_rule", (PyCFunction)(void (*)(void))quick_rule, METH_FASTCALL,
+     "The Rule of a raw rule whose parts were all validated before, else None."},
     {NULL, NULL, 0, NULL},
 };
 
 static struct PyModuleDef module = {
     .m_base = PyModuleDef_HEAD_INIT,
     .m_name = "pdp.policy._json",
-    .m_doc = "The JSON bundle loader's object_pairs_hook (see _json.c).",
+    .m_doc = "The JSON bundle loader's object_pairs_hook and fast rule path (see _json.c).",
     .m_size = -1,
     .m_methods = methods,
 };

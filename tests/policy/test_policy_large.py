@@ -7,6 +7,7 @@ from __future__ import annotations
 import copy
 import gc
 import hashlib
+import itertools
 import json
 import sys
 import types
@@ -33,6 +34,7 @@ from pdp.policy import (
     compile_bundle,
     load_bundle,
     load_bundle_file,
+    loader,
 )
 
 EXAMPLE = Path(__file__).resolve().parents[2] / "examples" / "bundle.yaml"
@@ -106,6 +108,107 @@ def test_duplicate_keys_and_trailing_garbage_are_still_refused() -> None:
         load_bundle(text.replace('"id": "r1"', '"id": "r1", "id": "r9"'))
     with pytest.raises(BundleError, match="invalid"):
         load_bundle(text + " {}")
+
+
+def test_rules_whose_parts_were_met_before_skip_the_full_path(
+    monkeypatch: pytest.MonkeyPatch,
+) -> None:
+    # _doc(6): rules 3-5 repeat the actions, subjects and condition of rules 0-2.
+    full = []
+    rule = loader._Validator.rule
+    monkeypatch.setattr(loader._Validator, "rule",
+                        lambda self, raw, *a: full.append(raw["id"]) or rule(self, raw, *a))
+    bundle = load_bundle(json.dumps(_doc()))
+    assert full == ["r0", "r1", "r2"]
+    assert [r.id for r in bundle.rules] == [f"r{i}" for i in range(6)]
+    assert [r.resources.type for r in bundle.rules] == [f"kind{i}" for i in range(6)]
+    assert bundle.rules[3] == Rule(
+        id="r3", effect=Effect.ALLOW, actions=("read", "act0"),
+        subjects=bundle.rules[0].subjects, resources=ResourceMatch("kind3"), when=OWNER)
+
+
+# The fast path for a rule whose parts were all met before (_json.c, quick_rule) against the
+# full path: every rule made of valid parts (so that parts repeat), followed by a copy of it
+# with one part replaced by a value from a pool of faulty ones and look-alikes of the valid
+# ones. Every part of the copy but the replaced one was met before, so the fast path sees it
+# first; the two paths must load the same bundle or refuse it with the same error.
+_MISSING = object()
+_LEVEL_1 = {"attr": "subject.properties.level", "eq": 1}
+_VALID: dict[str, list[Any]] = {
+    "effect": ["allow", "deny"],
+    "description": [_MISSING, "text"],
+    "actions": [["read"], ["read", "write"]],
+    "subjects": [{"type": "user"}, _MISSING],
+    "resources": [{"type": "doc"}, {"type": "doc", "ids": ["a", "b*"]}, {"type": "d*"}],
+    "when": [OWNER, _MISSING, _LEVEL_1,
+             {"time_window": {"days": ["mon"], "from": "08:00", "to": "17:00", "tz": "UTC"}},
+             {"not": {"peer_in_segment": "mesh"}}],
+}
+_REPLACED: dict[str, list[Any]] = {
+    "id": ["", 1, None, "r0", _MISSING],
+    "effect": ["Allow", 1, None, _MISSING],
+    "description": ["", 1, None],
+    "actions": ["read", ["re*"], [], ["[a"], ["read", True], 1, None, {"a": 1}, _MISSING],
+    "subjects": [{"type": "user", "ids": ["a*"]}, {"roles": ["team"]}, {"roles": ["nope"]},
+                 {"type": 1}, {}, {"type": "u", "extra": 1}, [], "user", {"type": "[ab]"},
+                 _MISSING],
+    "resources": [{"type": "[ab]x"}, {"type": "a]"}, {"type": "["}, {"type": ""},
+                  {"type": 1}, {"ids": ["x"]}, {}, {"type": "doc", "ids": []},
+                  {"type": "doc", "ids": "x"}, {"type": "doc", "ids": [1]},
+                  {"type": "doc", "ids": ["a", "b*"], "x": 1}, {"type": "kind9"}, [], None,
+                  _MISSING],
+    "when": [{**_LEVEL_1, "eq": 1.0}, {**_LEVEL_1, "eq": True}, {**_LEVEL_1, "eq": "1"},
+             {"attr": "subject.properties.level", "gte": 1}, {"peer_in_segment": "mesh"},
+             OWNER, None, {}, _MISSING],
+    "extra": [1],
+    "": [[], "rule", None, 1],  # the whole rule: not a mapping at all
+}
+
+
+def _outcomes(rules: list[Any]) -> tuple[tuple[Any, ...], tuple[Any, ...]]:
+    """What loading ``rules`` gives with the fast path and with the full path alone."""
+    text = json.dumps({"metadata": {"name": "p", "revision": "1"}, "roles": {"team": ["a"]},
+                       "segments": {"mesh": ["10.0.0.0/8"]}, "rules": rules})
+
+    def outcome() -> tuple[Any, ...]:
+        try:
+            b = load_bundle(text)
+        except BundleError as exc:
+            return ("refused", str(exc))
+        # repr() tells 1, 1.0 and True apart inside conditions, where == does not.
+        return ("loaded", b.digest, repr(b.rules), b.reads_clock, b.reads_peer)
+
+    with_fast_path = outcome()
+    saved = loader._Validator.quick_rule
+    loader._Validator.quick_rule = lambda self, raw, flags: None  # type: ignore[method-assign]
+    try:
+        return with_fast_path, outcome()
+    finally:
+        loader._Validator.quick_rule = saved  # type: ignore[method-assign]
+
+
+@pytest.mark.parametrize("replaced", sorted(_REPLACED))
+def test_the_fast_rule_path_loads_what_the_full_path_loads(replaced: str) -> None:
+    loaded = refused = 0
+    for parts in itertools.product(*_VALID.values()):
+        base = {"id": "r0", **{k: v for k, v in zip(_VALID, parts, strict=True)
+                               if v is not _MISSING}}
+        for value in _REPLACED[replaced]:
+            if replaced == "":
+                copied: Any = value
+            else:
+                copied = {**copy.deepcopy(base), "id": "r1"}
+                copied.pop(replaced, None)
+                if value is not _MISSING:
+                    copied[replaced] = copy.deepcopy(value)
+            fast, full = _outcomes([base, copied])
+            assert fast == full, (base, copied)
+            loaded += fast[0] == "loaded"
+            refused += fast[0] == "refused"
+    # Every pool holds a faulty value; these also hold valid ones.
+    assert refused > 0
+    assert loaded > 0 or replaced not in ("description", "actions", "subjects", "resources",
+                                          "when")
 
 
 def test_the_rule_limit_holds_on_the_streaming_path() -> None:
