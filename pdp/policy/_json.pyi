@@ -5,6 +5,11 @@ from typing import Any
 from pdp.policy.conditions import Flags
 from pdp.policy.model import Rule
 
+class Key:
+    def __init__(self, value: Any, /) -> None: ...
+    def __hash__(self) -> int: ...
+    def __eq__(self, other: object) -> bool: ...
+
 def pairs_to_dict(pairs: list[tuple[str, Any]], /) -> dict[str, Any]: ...
 def rule_types(
     rule: type,
@@ -19,10 +24,10 @@ def rule_types(
 def quick_rule(
     raw: Any,
     flags: Flags,
-    actions_seen: dict[str, Any],
-    subjects_seen: dict[str, Any],
-    ids_seen: dict[str, Any],
-    when_seen: dict[str, Any],
+    actions_seen: dict[Key, Any],
+    subjects_seen: dict[Key, Any],
+    ids_seen: dict[Key, Any],
+    when_seen: dict[Key, Any],
     types_seen: dict[str, str],
     /,
 ) -> Rule | None: ...

@@ -19,6 +19,7 @@ import yaml
 
 from pdp.errors import BundleError, BundleTooLargeError
 from pdp.policy import conditions
+from pdp.policy._json import Key as _Key
 from pdp.policy._json import pairs_to_dict as _json_pairs  # refuses a repeated key
 from pdp.policy._json import quick_rule as _quick_rule
 from pdp.policy._json import rule_types as _rule_types
@@ -253,13 +254,14 @@ class _Validator:
         self.roles: dict[str, tuple[str, ...]] = {}
         # Rule parts spelled alike in many rules (actions, subjects, ids, conditions) are
         # validated once and then shared by every rule that repeats them: keyed by kind and
-        # repr(), which tells 1, 1.0, True and "1" apart. Only parts that passed go in, so
-        # every fault is still found (and named) by the full path.
-        self.actions_seen: dict[str, tuple[str, ...]] = {}
-        self.subjects_seen: dict[str, SubjectMatch] = {}
-        self.ids_seen: dict[str, tuple[str, ...]] = {}
-        self.when_seen: dict[str, tuple[dict[str, Any], bool, bool]] = {}
-        self.memo: dict[str, dict[str, Any]] = {
+        # _Key (equal when the parts' repr()s would be, which tells 1, 1.0, True and "1"
+        # apart). Only parts that passed go in, so every fault is still found (and named) by
+        # the full path.
+        self.actions_seen: dict[_Key, tuple[str, ...]] = {}
+        self.subjects_seen: dict[_Key, SubjectMatch] = {}
+        self.ids_seen: dict[_Key, tuple[str, ...]] = {}
+        self.when_seen: dict[_Key, tuple[dict[str, Any], bool, bool]] = {}
+        self.memo: dict[str, dict[_Key, Any]] = {
             "actions": self.actions_seen,
             "subjects": self.subjects_seen,
             "ids": self.ids_seen,
@@ -375,8 +377,8 @@ class _Validator:
         ``validated``, now remembered (within a limit)."""
         memo = self.memo[kind]
         try:
-            key = repr(value)
-        except RecursionError:  # absurdly deep: not remembered
+            key = _Key(value)
+        except (ValueError, RecursionError):  # not a JSON value, or absurdly deep
             return validated
         found = memo.get(key)
         if found is not None:

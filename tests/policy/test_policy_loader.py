@@ -2,15 +2,17 @@
 
 from __future__ import annotations
 
+import copy
 import json
 from pathlib import Path
+from typing import Any
 
 import pytest
 import yaml
 
 from pdp.errors import BundleError, BundleTooLargeError
 from pdp.policy import Limits, load_bundle, load_bundle_file
-from pdp.policy._json import pairs_to_dict
+from pdp.policy._json import Key, pairs_to_dict
 
 EXAMPLE = Path(__file__).resolve().parents[2] / "examples" / "bundle.yaml"
 
@@ -222,6 +224,40 @@ def test_the_json_pairs_hook_keeps_order_and_refuses_a_repeated_key() -> None:
          "resources": {"type": "doc"}, "when": {"attr": "subject.id", "eq": f"u{i}"}}
         for i in range(50)]})
     assert len(load_bundle(text).rules) == 50
+
+
+# Values whose repr()s are alike or almost: the loader remembers validated rule parts under
+# Key(part), which must be equal exactly when the repr()s are.
+_LOOK_ALIKES: list[Any] = [
+    1, 1.0, True, "1", 0, 0.0, -0.0, False, "", None, 2**70, 2.0**70, "\u00e9", "e\u0301",
+    [], {}, [1], [1.0], [True], ["1"], [1, 2], [2, 1], [[1]], [[1.0]], {"a": 1},
+    {"a": 1.0}, {"a": True}, {"a": 1, "b": 2}, {"b": 2, "a": 1}, {"a": [1, {"b": None}]},
+    {"a": [1, {"b": False}]}, {"1": 1}, [{}], [[]], [None], [None, None],
+]
+
+
+def test_a_key_equals_another_exactly_when_their_reprs_are_equal() -> None:
+    for a in _LOOK_ALIKES:
+        for b in _LOOK_ALIKES:
+            b = copy.deepcopy(b)  # another object, alike
+            same = repr(a) == repr(b)
+            assert (Key(a) == Key(b)) is same, (a, b)
+            assert (Key(a) != Key(b)) is not same, (a, b)
+            if same:
+                assert hash(Key(a)) == hash(Key(b))
+    assert len({Key(v) for v in _LOOK_ALIKES}) == len({repr(v) for v in _LOOK_ALIKES})
+    assert Key(1) != 1 and Key("a") != "a"  # only Keys are equal to Keys
+
+
+def test_a_key_refuses_what_json_cannot_hold_and_absurd_nesting() -> None:
+    for value in ((1,), {1, 2}, b"x", [1, (2,)], {"a": object()}, 1j):
+        with pytest.raises(ValueError, match="not a JSON value"):
+            Key(value)
+    deep: Any = 1
+    for _ in range(100_000):
+        deep = [deep]
+    with pytest.raises(RecursionError):
+        Key(deep)
 
 
 def test_json_nan_and_deep_nesting_are_bundle_errors() -> None:
