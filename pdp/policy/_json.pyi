@@ -1,5 +1,6 @@
 """Types of the loader's C helpers (pdp/policy/_json.c)."""
 
+from collections.abc import Callable
 from typing import Any
 
 from pdp.policy.conditions import Flags
@@ -31,3 +32,12 @@ def quick_rule(
     types_seen: dict[str, str],
     /,
 ) -> Rule | None: ...
+def canonical_rules(
+    rules: tuple[Rule, ...] | list[Rule],
+    start: int,
+    stop: int,
+    parts: dict[int, str],
+    make: Callable[[Any, int], str],
+    quote: Callable[[str], str],
+    /,
+) -> str: ...

@@ -16,6 +16,8 @@ from pathlib import Path
 from typing import Any
 
 import pytest
+from hypothesis import HealthCheck, assume, given, settings
+from hypothesis import strategies as st
 
 from pdp.clock import FakeClock
 from pdp.errors import BundleError, BundleTooLargeError
@@ -32,6 +34,7 @@ from pdp.policy import (
     Rule,
     Subject,
     compile_bundle,
+    conditions,
     load_bundle,
     load_bundle_file,
     loader,
@@ -63,6 +66,60 @@ def test_the_example_bundle_keeps_its_digest() -> None:
     bundle = load_bundle_file(EXAMPLE)
     assert bundle.digest == "9c8a994e160775e031d0dc17826e4554072d1851a8ed11b9b3728361346c986c"
     assert hashlib.sha256(bundle.canonical_bytes()).hexdigest() == bundle.digest
+
+
+def _spelled_out(bundle: Bundle) -> dict[str, Any]:
+    """The bundle as a document with every field spelled out: what its digest is over."""
+    return {
+        "metadata": {"name": bundle.name, "revision": bundle.revision},
+        "roles": {k: list(v) for k, v in bundle.roles.items()},
+        "segments": {k: list(v) for k, v in bundle.segments.items()},
+        "rules": [{
+            "id": r.id, "effect": "allow" if r.effect is Effect.ALLOW else "deny",
+            "description": r.description, "actions": list(r.actions),
+            "subjects": {"type": r.subjects.type, "ids": list(r.subjects.ids),
+                         "roles": list(r.subjects.roles)},
+            "resources": {"type": r.resources.type, "ids": list(r.resources.ids)},
+            "when": None if r.when is None else conditions.canonical(r.when),
+        } for r in bundle.rules],
+    }
+
+
+_TEXT = st.text(st.characters(codec="utf-8"), min_size=1, max_size=8)
+
+
+@settings(max_examples=150, deadline=None, suppress_health_check=[HealthCheck.too_slow])
+@given(st.lists(st.tuples(_TEXT, st.text(st.characters(codec="utf-8"), max_size=8), _TEXT,
+                          st.sampled_from([None, OWNER, {"attr": "subject.properties.n",
+                                                         "in": [3.0, 2.5, "\u2028", True]}])),
+                max_size=12, unique_by=lambda t: t[0]))
+def test_the_canonical_form_is_json_dumps_of_the_spelled_out_bundle(rows: list[Any]) -> None:
+    # Ids, descriptions and types with quotes, backslashes, control characters and any
+    # code point: the canonical form is byte for byte what json.dumps makes of the bundle.
+    rules = [{"id": rid, "effect": "allow" if i % 2 else "deny", "description": text,
+              "actions": ["read", rid], "subjects": {"type": "user", "roles": ["team"]},
+              "resources": {"type": rtype, "ids": [rid]}, **({"when": when} if when else {})}
+             for i, (rid, text, rtype, when) in enumerate(rows)]
+    doc = {"metadata": {"name": "n\"1", "revision": "r\u00e9"}, "roles": {"team": ["a\\"]},
+           "segments": {"corp": ["10.0.0.0/8"]}, "rules": rules}
+    try:
+        bundle = load_bundle(json.dumps(doc))
+    except BundleError:  # a type or id that is not a valid pattern
+        assume(False)
+        raise
+    expected = json.dumps(_spelled_out(bundle), sort_keys=True, separators=(",", ":"),
+                          ensure_ascii=False).encode("utf-8")
+    assert bundle.canonical_bytes() == expected
+    assert bundle.digest == hashlib.sha256(expected).hexdigest()
+
+
+def test_the_canonical_form_of_a_bundle_encoded_in_several_pieces() -> None:
+    # The rules are encoded 4,096 at a time: 9,000 rules make three pieces.
+    bundle = load_bundle(json.dumps(_doc(9000)))
+    expected = json.dumps(_spelled_out(bundle), sort_keys=True, separators=(",", ":"),
+                          ensure_ascii=False).encode("utf-8")
+    assert bundle.canonical_bytes() == expected
+    assert bundle.digest == hashlib.sha256(expected).hexdigest()
 
 
 def test_json_with_rules_last_or_first_loads_to_the_same_bundle() -> None:
