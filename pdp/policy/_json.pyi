@@ -41,3 +41,13 @@ def canonical_rules(
     quote: Callable[[str], str],
     /,
 ) -> str: ...
+def decision_type(decision: type, /) -> None: ...
+def compile_rules(
+    rules: tuple[Rule, ...] | list[Rule],
+    version: str,
+    subject_test: Callable[[Any], Any],
+    ids_test: Callable[[tuple[str, ...]], Any],
+    meta: Callable[[tuple[str, ...], Any], tuple[Any, Any]],
+    pattern_test: Callable[[str], Any],
+    /,
+) -> tuple[list[Any], dict[str, Any], list[tuple[int, Any]]]: ...

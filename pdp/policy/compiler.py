@@ -14,6 +14,8 @@ from collections.abc import Callable
 from dataclasses import dataclass
 from typing import Any
 
+from pdp.policy._json import compile_rules as _compile_rules
+from pdp.policy._json import decision_type as _decision_type
 from pdp.policy.evaluate import (
     Accessor,
     EvalError,
@@ -53,6 +55,7 @@ class _Meta:
 
 
 _UNSET: Any = object()
+_decision_type(Decision)  # what _compile_rules makes a rule's Decision of
 
 # One rule, compiled: what the hot loop unpacks. Nothing else is kept per rule (the
 # Decision's rule id and effect name it), so 100,000 rules cost one tuple and one Decision
@@ -139,66 +142,32 @@ class CompiledPolicy:
         """One entry per rule, grouped by exact resource type in bundle order (rules with a
         glob type merged into every group they match, and kept apart for other types);
         tests and conditions are built once per distinct spelling."""
-        roles, segments, version = bundle.roles, bundle.segments, self.version
-        # Keyed by id(): the bundle keeps every part alive, and the loader shares equal ones.
-        subject_tests: dict[int, SubjectTest | None] = {}
-        id_tests: dict[tuple[str, ...], IdTest | None] = {(): None}
+        roles, segments = bundle.roles, bundle.segments
         action_tests: dict[int, IdTest | None] = {}
         nodes: dict[int, tuple[Any, Node, tuple[Window, ...]]] = {}
-        metas: dict[tuple[int, int], tuple[Any, _Meta]] = {}
-        entries: list[Entry] = []
-        append = entries.append
-        typed: dict[str, Any] = {}  # type -> the one rule's position, or several positions
-        globbed: list[tuple[int, IdTest | None]] = []  # rules with a glob type: (position, test)
-        new = object.__new__
-        set_effect, set_rule, set_reason, set_version, set_cached = (
-            vars(Decision)[name].__set__
-            for name in ("effect", "rule_id", "reason", "bundle_version", "cached")
+
+        def meta(actions: tuple[str, ...], when: Any) -> tuple[Any, _Meta]:
+            """The condition's function and the rule's _Meta, per (actions, when) objects."""
+            action_ok = action_tests.get(id(actions), _UNSET)
+            if action_ok is _UNSET:
+                action_ok = action_tests[id(actions)] = _any_of(actions)
+            compiled = nodes.get(id(when))
+            if compiled is None and when is not None:
+                windows: list[Window] = []
+                node = compile_condition(when, "when", segments, windows)
+                compiled = nodes[id(when)] = (node.fn, node, tuple(windows))
+            fn, node_or_none, window_list = compiled or (None, None, ())
+            return fn, _Meta(action_ok, node_or_none, window_list)
+
+        # The loop over the rules is in C (_json.c, compile_rules): an entry per rule, each
+        # part made once by the functions given.
+        entries: list[Entry]
+        typed: dict[str, Any]  # type -> the one rule's position, or several positions
+        globbed: list[tuple[int, IdTest | None]]  # rules with a glob type: (position, test)
+        entries, typed, globbed = _compile_rules(
+            bundle.rules, self.version, lambda subjects: _subject_test(subjects, roles), _lazy,
+            meta, _pattern_test,
         )
-        verbs = {Effect.ALLOW: "allowed", Effect.DENY: "denied"}
-        for i, rule in enumerate(bundle.rules):
-            subj = subject_tests.get(id(rule.subjects), _UNSET)
-            if subj is _UNSET:
-                subj = subject_tests[id(rule.subjects)] = _subject_test(rule.subjects, roles)
-            ids = rule.resources.ids
-            res = id_tests.get(ids, _UNSET)
-            if res is _UNSET:
-                res = id_tests[ids] = _lazy(ids)
-            when, actions = rule.when, rule.actions
-            found = metas.get((id(actions), id(when)))
-            if found is None:
-                action_ok = action_tests.get(id(actions), _UNSET)
-                if action_ok is _UNSET:
-                    action_ok = action_tests[id(actions)] = _any_of(actions)
-                compiled = nodes.get(id(when))
-                if compiled is None and when is not None:
-                    windows: list[Window] = []
-                    node = compile_condition(when, "when", segments, windows)
-                    compiled = nodes[id(when)] = (node.fn, node, tuple(windows))
-                fn, node_or_none, window_list = compiled or (None, None, ())
-                found = metas[(id(actions), id(when))] = (
-                    fn,
-                    _Meta(action_ok, node_or_none, window_list),
-                )
-            fn, meta = found
-            decision: Decision = new(Decision)  # Decision(...) without the frozen __init__
-            set_effect(decision, rule.effect)
-            set_rule(decision, rule.id)
-            set_reason(decision, f"{verbs[rule.effect]} by rule {rule.id}")
-            set_version(decision, version)
-            set_cached(decision, False)
-            append((subj, res, fn, decision, meta))
-            rtype = rule.resources.type
-            if "*" in rtype or "?" in rtype or "[" in rtype:  # is_glob, inlined
-                globbed.append((i, _pattern_test(rtype)))
-                continue
-            at = typed.get(rtype)
-            if at is None:
-                typed[rtype] = i
-            elif type(at) is int:
-                typed[rtype] = [at, i]
-            else:
-                at.append(i)
         types = self._types
         for rtype, at in typed.items():
             positions = [at] if type(at) is int else at

@@ -35,7 +35,7 @@ SUBJECT_TYPES = ["user", "svc"]
 VALUES = [0, 1, 2, 2.0, 3, "x", "y", True, None, [1, "x"]]
 PROPS = ["level", "tag"]
 
-patterns = lambda names: st.sampled_from([*names, "*", "?", "[ab]*", "r*", "d*"])  # noqa: E731
+patterns = lambda names: st.sampled_from([*names, "*", "?", "???", "[ab]*", "r*", "d*"])  # noqa: E731
 
 literal = st.sampled_from([0, 1, 2, 3, "x", "y", True])
 
