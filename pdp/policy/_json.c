@@ -652,15 +652,18 @@ done:
 
 /* --- compile_rules ------------------------------------------------------------------------
  *
- * compile_rules(rules, version, subject_test, ids_test, meta, pattern_test): the per-rule
- * loop of pdp/policy/compiler.py's CompiledPolicy._compile, ~4x faster than in Python (it
- * was a fifth of a 100,000-rule push). For each rule, in order, an entry (subject test, id
- * test, condition function, Decision, meta); what the entries share is made once, by the
- * Python callables, the first time a part is met: subject_test(subjects) per subjects object,
+ * compile_rules(rules, start, stop, version, makers, state): the per-rule loop of
+ * pdp/policy/compiler.py's CompiledPolicy._compile over rules[start:stop] (a few thousand at
+ * a time, so that the serving threads get the GIL in between). For each rule, in order, an
+ * entry (subject test, id test, condition function, Decision, meta) is appended to
+ * ``entries``. What entries share is made once, by the Python callables of
+ * ``makers``, the first time a part is met: subject_test(subjects) per subjects object,
  * ids_test(ids) per distinct ids tuple, meta(actions, when) -> (function, meta) per pair of
  * actions and condition objects, and pattern_test(type) for each rule with a glob type.
- * Returns (entries, typed, globbed): typed maps each exact resource type to its one rule's
- * position or a list of positions, globbed lists (position, pattern_test(type)) in order.
+ * ``state`` is (subject_cache, ids_cache, meta_cache, entries, typed, globbed): the caches
+ * of those (dicts, empty at first), the entries (a list), ``typed`` (a dict: each exact
+ * resource type to its one rule's position or a list of positions) and ``globbed`` (a list
+ * of (position, pattern_test(type)), in order).
  *
  * A rule's Decision (effect, rule_id, "allowed by rule <id>" or "denied by rule <id>", the
  * version, cached=False) is made as its frozen dataclass's __init__ would. It and the entry
@@ -768,11 +771,14 @@ static int globbed_type(PyObject *rtype) {
     return 0;
 }
 
-static int compile_rule(PyObject *rule, Py_ssize_t i, PyObject *const *args,
-                        PyObject *caches[3], PyObject *entries, PyObject *typed,
-                        PyObject *globbed) {
-    PyObject *version = args[1], *subject_test = args[2], *ids_test = args[3];
-    PyObject *meta_of = args[4], *pattern_test = args[5];
+static int compile_rule(PyObject *rule, Py_ssize_t i, PyObject *version, PyObject *makers,
+                        PyObject *state) {
+    PyObject *subject_test = PyTuple_GET_ITEM(makers, 0), *ids_test = PyTuple_GET_ITEM(makers, 1);
+    PyObject *meta_of = PyTuple_GET_ITEM(makers, 2), *pattern_test = PyTuple_GET_ITEM(makers, 3);
+    PyObject *caches[3] = {PyTuple_GET_ITEM(state, 0), PyTuple_GET_ITEM(state, 1),
+                           PyTuple_GET_ITEM(state, 2)};
+    PyObject *entries = PyTuple_GET_ITEM(state, 3), *typed = PyTuple_GET_ITEM(state, 4);
+    PyObject *globbed = PyTuple_GET_ITEM(state, 5);
     if (Py_TYPE(rule) != rule_type) {
         PyErr_Format(PyExc_TypeError, "expected a Rule, got %.100s", Py_TYPE(rule)->tp_name);
         return -1;
@@ -855,33 +861,37 @@ static PyObject *compile_rules(PyObject *module, PyObject *const *args, Py_ssize
         PyErr_SetString(PyExc_RuntimeError, "compile_rules before rule_types and decision_type");
         return NULL;
     }
-    if (nargs != 6 || !PyUnicode_CheckExact(args[1])) {
-        PyErr_SetString(PyExc_TypeError, "compile_rules(rules, version, subject_test, "
-                                         "ids_test, meta, pattern_test)");
+    Py_ssize_t start, stop;
+    PyObject *makers = nargs == 6 ? args[4] : NULL, *state = nargs == 6 ? args[5] : NULL;
+    int ok = nargs == 6 && PyUnicode_CheckExact(args[3]) && PyTuple_CheckExact(makers) &&
+             PyTuple_GET_SIZE(makers) == 4 && PyTuple_CheckExact(state) &&
+             PyTuple_GET_SIZE(state) == 6;
+    for (int k = 0; ok && k < 6; k++) {
+        PyObject *item = PyTuple_GET_ITEM(state, k);
+        ok = k == 3 || k == 5 ? PyList_CheckExact(item) : PyDict_CheckExact(item);
+    }
+    if (!ok || (start = PyLong_AsSsize_t(args[1])) < 0 ||
+        (stop = PyLong_AsSsize_t(args[2])) < 0) {
+        if (!PyErr_Occurred())
+            PyErr_SetString(PyExc_TypeError, "compile_rules(rules, start, stop, version, "
+                                             "(subject_test, ids_test, meta, pattern_test), "
+                                             "(subject_cache, ids_cache, meta_cache, entries, "
+                                             "typed, globbed))");
         return NULL;
     }
     PyObject *rules = PySequence_Fast(args[0], "rules must be a list or a tuple");
     if (rules == NULL)
         return NULL;
-    PyObject *caches[3] = {PyDict_New(), PyDict_New(), PyDict_New()};
-    PyObject *entries = PyList_New(0), *typed = PyDict_New(), *globbed = PyList_New(0);
-    PyObject *out = NULL;
-    if (caches[0] == NULL || caches[1] == NULL || caches[2] == NULL || entries == NULL ||
-        typed == NULL || globbed == NULL)
-        goto done;
-    for (Py_ssize_t i = 0; i < PySequence_Fast_GET_SIZE(rules); i++)
-        if (compile_rule(PySequence_Fast_GET_ITEM(rules, i), i, args, caches, entries, typed,
-                         globbed) < 0)
-            goto done;
-    out = PyTuple_Pack(3, entries, typed, globbed);
-done:
-    for (int k = 0; k < 3; k++)
-        Py_XDECREF(caches[k]);
-    Py_XDECREF(entries);
-    Py_XDECREF(typed);
-    Py_XDECREF(globbed);
+    if (stop > PySequence_Fast_GET_SIZE(rules))
+        stop = PySequence_Fast_GET_SIZE(rules);
+    for (Py_ssize_t i = start; i < stop; i++) {
+        if (compile_rule(PySequence_Fast_GET_ITEM(rules, i), i, args[3], makers, state) < 0) {
+            Py_DECREF(rules);
+            return NULL;
+        }
+    }
     Py_DECREF(rules);
-    return out;
+    Py_RETURN_NONE;
 }
 
 static PyMethodDef methods[] = {
@@ -896,7 +906,7 @@ static PyMethodDef methods[] = {
      "The canonical JSON of rules[start:stop], each after a comma but the first rule."},
     {"decision_type", register_decision, METH_O, "The class compile_rules makes Decisions of."},
     {"compile_rules", (PyCFunction)(void (*)(void))compile_rules, METH_FASTCALL,
-     "The compiler's entries of rules, with the resource types' positions."},
+     "The compiler's entries of rules[start:stop], and the resource types' positions."},
     {NULL, NULL, 0, NULL},
 };
 

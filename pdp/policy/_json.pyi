@@ -44,10 +44,15 @@ def canonical_rules(
 def decision_type(decision: type, /) -> None: ...
 def compile_rules(
     rules: tuple[Rule, ...] | list[Rule],
+    start: int,
+    stop: int,
     version: str,
-    subject_test: Callable[[Any], Any],
-    ids_test: Callable[[tuple[str, ...]], Any],
-    meta: Callable[[tuple[str, ...], Any], tuple[Any, Any]],
-    pattern_test: Callable[[str], Any],
+    makers: tuple[
+        Callable[[Any], Any],
+        Callable[[tuple[str, ...]], Any],
+        Callable[[tuple[str, ...], Any], tuple[Any, Any]],
+        Callable[[str], Any],
+    ],
+    state: tuple[Any, ...],
     /,
-) -> tuple[list[Any], dict[str, Any], list[tuple[int, Any]]]: ...
+) -> None: ...

@@ -160,14 +160,16 @@ class CompiledPolicy:
             return fn, _Meta(action_ok, node_or_none, window_list)
 
         # The loop over the rules is in C (_json.c, compile_rules): an entry per rule, each
-        # part made once by the functions given.
-        entries: list[Entry]
-        typed: dict[str, Any]  # type -> the one rule's position, or several positions
-        globbed: list[tuple[int, IdTest | None]]  # rules with a glob type: (position, test)
-        entries, typed, globbed = _compile_rules(
-            bundle.rules, self.version, lambda subjects: _subject_test(subjects, roles), _lazy,
-            meta, _pattern_test,
-        )
+        # part made once by the functions given; 4,096 rules a call, so that the serving
+        # threads get the GIL in between.
+        entries: list[Entry] = []
+        typed: dict[str, Any] = {}  # type -> the one rule's position, or several positions
+        globbed: list[tuple[int, IdTest | None]] = []  # rules with a glob type: (position, test)
+        makers = (lambda subjects: _subject_test(subjects, roles), _lazy, meta, _pattern_test)
+        # The caches of subject tests, id tests and metas, then what the loop makes.
+        state: tuple[Any, ...] = ({}, {}, {}, entries, typed, globbed)
+        for start in range(0, len(bundle.rules), 4096):
+            _compile_rules(bundle.rules, start, start + 4096, self.version, makers, state)
         types = self._types
         for rtype, at in typed.items():
             positions = [at] if type(at) is int else at

@@ -113,13 +113,26 @@ def test_the_canonical_form_is_json_dumps_of_the_spelled_out_bundle(rows: list[A
     assert bundle.digest == hashlib.sha256(expected).hexdigest()
 
 
-def test_the_canonical_form_of_a_bundle_encoded_in_several_pieces() -> None:
-    # The rules are encoded 4,096 at a time: 9,000 rules make three pieces.
-    bundle = load_bundle(json.dumps(_doc(9000)))
+def test_a_bundle_encoded_and_compiled_in_several_pieces() -> None:
+    # The rules are encoded and compiled 4,096 at a time: 9,000 rules make three pieces.
+    doc = _doc(9000)
+    doc["rules"].append({"id": "last", "effect": "allow", "actions": ["read"],
+                         "resources": {"type": "kind4100"}})  # a type's second rule
+    bundle = load_bundle(json.dumps(doc))
     expected = json.dumps(_spelled_out(bundle), sort_keys=True, separators=(",", ":"),
                           ensure_ascii=False).encode("utf-8")
     assert bundle.canonical_bytes() == expected
     assert bundle.digest == hashlib.sha256(expected).hexdigest()
+    policy = compile_bundle(bundle, version="1-a")
+
+    def decide(rtype: str, owner: str) -> str:
+        return policy.evaluate(Request(Subject("user", "alice"), Action("read"),
+                                       Resource(rtype, "d", {"owner": owner})), now=0.0).rule_id
+
+    assert [decide(f"kind{i}", "alice") for i in (0, 4095, 4096, 8191, 8192, 8999)] == [
+        "r0", "r4095", "r4096", "r8191", "r8192", "r8999"]
+    assert decide("kind4100", "bob") == "last"
+    assert decide("kind9000", "alice") == ""
 
 
 def test_json_with_rules_last_or_first_loads_to_the_same_bundle() -> None:
