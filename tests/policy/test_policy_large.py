@@ -312,6 +312,24 @@ def _reachable(root: object) -> list[object]:
     return list(seen.values())
 
 
+def test_what_the_c_helpers_build_is_out_of_the_collectors_view() -> None:
+    # Rules made by the fast path, and a policy's Decisions and entries, are untracked (none
+    # can be part of a cycle): a 100,000-rule policy is not walked by every collection.
+    bundle = load_bundle(json.dumps(_doc(6)))
+    assert [gc.is_tracked(r) for r in bundle.rules] == [True] * 3 + [False] * 3  # full, fast
+    assert not any(gc.is_tracked(r.resources) for r in bundle.rules[3:])
+    assert gc.is_tracked(bundle.rules[3].when)  # what they hold stays tracked
+    sizes = []
+    for n in (50, 500):
+        policy = compile_bundle(load_bundle(json.dumps(_doc(n))), version="1-a")
+        sizes.append(sum(gc.is_tracked(o) for o in _reachable(policy)))
+        entry = policy._types["kind1"]
+        assert not gc.is_tracked(entry) and not gc.is_tracked(entry[3])  # entry, Decision
+        assert policy.evaluate(Request(Subject("user", "u"), Action("act1"), Resource(
+            "kind1", "d", {"owner": "u"})), now=0.0).reason == "allowed by rule r1"
+    assert max(sizes) < 50  # for 50 rules as for 500: none per rule
+
+
 def test_a_compiled_policy_keeps_no_rule_of_its_bundle_and_needs_none() -> None:
     # The server holds compiled policies: at 100,000 rules the bundle's Rule objects would
     # be 14 MB more. Deciding, explaining and describing the policy need none of them.
