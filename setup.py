@@ -2,10 +2,9 @@
 
 Built at install, so installing from source needs a C compiler and the Python headers:
 pdp/server/_wire.c (the decision path's request decoder, its Request builders and the
-answer encoder), pdp/policy/_json.c (the JSON bundle loader's duplicate-key check and its fast path
-for a rule whose parts were all met before) and
-pdp/policy/_doorkeeper.c (the decision cache's admission test). See docs/performance.md,
-items 22, 23, 25, 26 and 30.
+answer encoder), pdp/policy/_json.c (the bundle loader's duplicate-key check and a push's
+per-rule work: validating, the canonical form, compiling) and pdp/policy/_doorkeeper.c (the
+decision cache's admission test). See docs/performance.md, items 22, 23, 25, 26, 30 and 40.
 """
 
 from setuptools import Extension, setup
