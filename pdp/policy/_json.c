@@ -93,7 +93,10 @@ static Py_hash_t strict_hash(PyObject *v) {
     if (t == &PyUnicode_Type || t == &PyLong_Type || t == &PyFloat_Type || t == &PyBool_Type ||
         v == Py_None) {
         Py_hash_t h = PyObject_Hash(v);
-        return h == -1 ? -1 : (Py_hash_t)mix(acc, (Py_uhash_t)h);
+        if (h == -1)
+            return -1;
+        acc = mix(acc, (Py_uhash_t)h);
+        return acc == (Py_uhash_t)-1 ? 1546275796 : (Py_hash_t)acc;  /* -1 means an error */
     }
     if (t != &PyList_Type && t != &PyDict_Type) {
         PyErr_Format(PyExc_ValueError, "not a JSON value: %.100s", t->tp_name);
@@ -152,13 +155,8 @@ static int strict_eq(PyObject *a, PyObject *b) {
         return -1;
     int same = 1;
     if (t == &PyList_Type) {
-        for (Py_ssize_t i = 0; same == 1 && i < PyList_GET_SIZE(a); i++) {
-            if (PyList_GET_SIZE(b) <= i) {
-                same = 0;
-                break;
-            }
+        for (Py_ssize_t i = 0; same == 1 && i < PyList_GET_SIZE(a); i++)
             same = strict_eq(PyList_GET_ITEM(a, i), PyList_GET_ITEM(b, i));
-        }
     } else {  /* in order: repr() of a dict is */
         Py_ssize_t pa = 0, pb = 0;
         PyObject *ka, *va, *kb, *vb;
@@ -237,10 +235,10 @@ static PyTypeObject KeyType = {
  *
  * The loader validates a rule's parts (actions, subjects, resource ids, condition) once per
  * spelling and remembers the result under the part's Key (above): pdp/policy/loader.py,
- * _Validator. quick_rule(raw, flags, actions_seen,
- * subjects_seen, ids_seen, when_seen, types_seen) is the Rule of ``raw`` when every check a
- * rule needs beyond those remembered parts passes here, else None: the caller then takes the
- * full path (_Validator.rule), which finds and names any fault. Returning None is always
+ * _Validator. quick_rule(raw, flags, actions_seen, subjects_seen, ids_seen, when_seen,
+ * types_seen) is the Rule of ``raw`` when every check a rule needs beyond those remembered
+ * parts passes here, else None: the caller then takes the full path (_Validator.rule), which
+ * finds and names any fault. Returning None is always
  * safe; returning a Rule is only allowed where the full path would return an equal one
  * (tests/policy/test_policy_large.py holds the two paths to the same bundles).
  *
@@ -262,7 +260,7 @@ static PyObject *s_description, *s_type, *s_ids, *s_allow, *s_deny, *s_star, *s_
 static PyObject *s_clock, *s_peer;
 
 static int interned(void) {
-    if (s_id != NULL)
+    if (no_args != NULL)  /* made last */
         return 0;
     struct { PyObject **to; const char *text; } all[] = {
         {&s_id, "id"}, {&s_effect, "effect"}, {&s_actions, "actions"},
@@ -511,12 +509,12 @@ static PyObject *quick_rule(PyObject *module, PyObject *const *args, Py_ssize_t 
  * own string encoder. The same text as the Python it replaces, ~3x faster (the digest was
  * ~15 % of a 100,000-rule push). */
 
-static PyObject *s_head, *s_description_key, *s_effect_allow, *s_effect_deny, *s_id_key;
+static PyObject *s_head, *s_description_key, *s_effect_allow, *s_effect_deny;
 static PyObject *s_ids_key, *s_type_key, *s_subjects_key, *s_when_key, *s_close, *s_null;
 static PyObject *s_quoted_empty, *s_comma;
 
 static int canonical_strings(void) {
-    if (s_head != NULL)
+    if (s_comma != NULL)  /* made last */
         return 0;
     struct { PyObject **to; const char *text; } all[] = {
         {&s_head, "{\"actions\":"}, {&s_description_key, ",\"description\":"},
@@ -529,7 +527,6 @@ static int canonical_strings(void) {
     for (size_t i = 0; i < sizeof all / sizeof all[0]; i++)
         if ((*all[i].to = PyUnicode_InternFromString(all[i].text)) == NULL)
             return -1;
-    (void)s_id_key;
     return 0;
 }
 
