@@ -11,9 +11,11 @@ from setuptools import Extension, setup
 
 FLAGS = ["-O2", "-Wall", "-Wextra"]
 
+SLOTTED = {"include_dirs": ["pdp"], "depends": ["pdp/_slotted.h"]}  # shared by two modules
+
 setup(ext_modules=[
-    Extension("pdp.server._wire", ["pdp/server/_wire.c"], extra_compile_args=FLAGS),
-    Extension("pdp.policy._json", ["pdp/policy/_json.c"], extra_compile_args=FLAGS),
+    Extension("pdp.server._wire", ["pdp/server/_wire.c"], extra_compile_args=FLAGS, **SLOTTED),
+    Extension("pdp.policy._json", ["pdp/policy/_json.c"], extra_compile_args=FLAGS, **SLOTTED),
     Extension("pdp.policy._doorkeeper", ["pdp/policy/_doorkeeper.c"],
               extra_compile_args=FLAGS),
 ])

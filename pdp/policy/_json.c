@@ -18,6 +18,8 @@
 #define PY_SSIZE_T_CLEAN
 #include <Python.h>
 
+#include "_slotted.h"
+
 /* pairs_to_dict([(key, value), ...]) -> dict; ValueError "duplicate key 'k'" when a key
  * repeats (the message the loader's callers match). */
 static PyObject *pairs_to_dict(PyObject *module, PyObject *pairs) {
@@ -275,25 +277,6 @@ static int interned(void) {
     return (no_args = PyTuple_New(0)) == NULL ? -1 : 0;
 }
 
-/* The member descriptors of ``count`` fields of ``cls`` (a slotted class), new references;
- * TypeError otherwise. */
-static int slots_of(PyObject *cls, PyObject *const *names, PyObject **out, int count) {
-    for (int i = 0; i < count; i++) {
-        PyObject *slot = PyObject_GetAttr(cls, names[i]);
-        if (slot == NULL || !PyObject_TypeCheck(slot, &PyMemberDescr_Type) ||
-            PyDescr_TYPE(slot) != (PyTypeObject *)cls) {
-            Py_XDECREF(slot);
-            for (int j = 0; j < i; j++)
-                Py_CLEAR(out[j]);
-            PyErr_Clear();
-            PyErr_Format(PyExc_TypeError, "%R is not a slot of %R", names[i], cls);
-            return -1;
-        }
-        out[i] = slot;
-    }
-    return 0;
-}
-
 /* rule_types(Rule, ResourceMatch, Effect.ALLOW, Effect.DENY, rule_keys, resource_keys,
  * nothing): what quick_rule builds and checks against; called once by the loader. */
 static PyObject *rule_types(PyObject *module, PyObject *const *args, Py_ssize_t nargs) {
@@ -311,9 +294,9 @@ static PyObject *rule_types(PyObject *module, PyObject *const *args, Py_ssize_t 
                                          s_resources, s_when, s_description};
     PyObject *resource_names[RESOURCE_FIELDS] = {s_type, s_ids};
     PyObject *rs[RULE_FIELDS], *ms[RESOURCE_FIELDS];
-    if (slots_of(args[0], rule_names, rs, RULE_FIELDS) < 0)
+    if (member_slots("rule_types", args[0], rule_names, rs, RULE_FIELDS) < 0)
         return NULL;
-    if (slots_of(args[1], resource_names, ms, RESOURCE_FIELDS) < 0) {
+    if (member_slots("rule_types", args[1], resource_names, ms, RESOURCE_FIELDS) < 0) {
         for (int i = 0; i < RULE_FIELDS; i++)
             Py_DECREF(rs[i]);
         return NULL;
@@ -358,23 +341,6 @@ static PyObject *remembered(PyObject *memo, PyObject *value) {
     PyObject *found = PyDict_GetItemWithError(memo, key);
     Py_DECREF(key);
     return found;
-}
-
-/* A new instance of ``cls`` with ``count`` fields set through ``slots_``, untracked. */
-static PyObject *made_of(PyTypeObject *cls, PyObject *const *slots_, PyObject *const *values,
-                         int count) {
-    PyObject *obj = cls->tp_new(cls, no_args, NULL);
-    if (obj == NULL)
-        return NULL;
-    for (int i = 0; i < count; i++) {
-        if (Py_TYPE(slots_[i])->tp_descr_set(slots_[i], obj, values[i]) < 0) {
-            Py_DECREF(obj);
-            return NULL;
-        }
-    }
-    if (PyObject_GC_IsTracked(obj))
-        PyObject_GC_UnTrack(obj);
-    return obj;
 }
 
 /* The value of ``key`` in the dict ``d`` (borrowed), ``fallback`` when absent, NULL on error. */
@@ -695,7 +661,7 @@ static PyObject *register_decision(PyObject *module, PyObject *cls) {
     for (int i = 0; i < DECISION_FIELDS && !failed; i++)
         failed = (names[i] = PyUnicode_InternFromString(texts[i])) == NULL;
     if (!failed)
-        failed = slots_of(cls, names, found, DECISION_FIELDS) < 0;
+        failed = member_slots("decision_type", cls, names, found, DECISION_FIELDS) < 0;
     for (int i = 0; i < DECISION_FIELDS; i++)
         Py_XDECREF(names[i]);
     if (failed)

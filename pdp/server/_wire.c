@@ -33,6 +33,8 @@
 #define PY_SSIZE_T_CLEAN
 #include <Python.h>
 #include <structmember.h>
+
+#include "_slotted.h"
 #include <stdint.h>
 #include <string.h>
 
@@ -577,31 +579,14 @@ static const Py_ssize_t field_count[CLASSES] = {3, 2, 3, 5};
 
 static PyTypeObject *classes[CLASSES];
 static PyObject *slots[CLASSES][MOST_FIELDS];
-static PyObject *no_args = NULL;
-
-/* The member descriptors of ``names`` (a tuple of ``count``), each a slot of ``cls`` itself,
- * into ``out`` (new references); -1 with TypeError, and nothing kept, otherwise. */
+/* member_slots (pdp/_slotted.h) of ``names``, a tuple of ``count`` field names. */
 static int slots_of(const char *who, PyObject *cls, PyObject *names, PyObject **out,
                     Py_ssize_t count) {
     if (!PyType_Check(cls) || !PyTuple_Check(names) || PyTuple_GET_SIZE(names) != count) {
         PyErr_Format(PyExc_TypeError, "%s: a class and a tuple of its %zd fields", who, count);
         return -1;
     }
-    for (Py_ssize_t i = 0; i < count; i++) {
-        PyObject *name = PyTuple_GET_ITEM(names, i);
-        PyObject *slot = PyUnicode_Check(name) ? PyObject_GetAttr(cls, name) : NULL;
-        if (slot == NULL || !PyObject_TypeCheck(slot, &PyMemberDescr_Type) ||
-            PyDescr_TYPE(slot) != (PyTypeObject *)cls) {
-            Py_XDECREF(slot);
-            for (Py_ssize_t j = 0; j < i; j++)
-                Py_CLEAR(out[j]);
-            PyErr_Clear();
-            PyErr_Format(PyExc_TypeError, "%s: %R is not a slot of %R", who, name, cls);
-            return -1;
-        }
-        out[i] = slot;
-    }
-    return 0;
+    return member_slots(who, cls, &PyTuple_GET_ITEM(names, 0), out, count);
 }
 
 static PyObject *request_types(PyObject *module, PyObject *const *args, Py_ssize_t nargs) {
@@ -610,8 +595,6 @@ static PyObject *request_types(PyObject *module, PyObject *const *args, Py_ssize
         PyErr_SetString(PyExc_TypeError, "request_types takes 8 arguments");
         return NULL;
     }
-    if (no_args == NULL && (no_args = PyTuple_New(0)) == NULL)
-        return NULL;
     PyObject *found[CLASSES][MOST_FIELDS];
     for (int c = 0; c < CLASSES; c++) {
         if (slots_of("request_types", args[2 * c], args[2 * c + 1], found[c],
@@ -631,30 +614,12 @@ static PyObject *request_types(PyObject *module, PyObject *const *args, Py_ssize
     Py_RETURN_NONE;
 }
 
-/* A new ``cls`` with its ``count`` fields set from ``values`` through ``slots_`` (its member
- * descriptors), as a slotted dataclass's __init__ sets them, left out of the cycle collector: it cannot be part of a cycle, being made after every value it
- * holds and never assigned to afterwards (the engine's contract, see _REQUEST_NOTE in
- * pdp/policy/model.py), and a batch's Requests wait in the audit and detection queues long
+/* made_of (pdp/_slotted.h) for the registered class ``c`` (SUBJECT, ACTION, RESOURCE or
+ * REQUEST): untracked, as it cannot be part of a cycle, being made after every value it holds
+ * and never assigned to afterwards (the engine's contract, see _REQUEST_NOTE in
+ * pdp/policy/model.py). A batch's Requests wait in the audit and detection queues long
  * enough to be walked by several collections: tracked, the collector cost ~70 µs of server
- * CPU per AuthorizeBatch(100) call, ~27-30 without them. It is still freed by its reference
- * count; what it holds stays tracked. */
-static PyObject *made_of(PyTypeObject *cls, PyObject *const *slots_, PyObject *const *values,
-                         Py_ssize_t count) {
-    PyObject *obj = cls->tp_new(cls, no_args, NULL);
-    if (obj == NULL)
-        return NULL;
-    for (Py_ssize_t i = 0; i < count; i++) {
-        if (Py_TYPE(slots_[i])->tp_descr_set(slots_[i], obj, values[i]) < 0) {
-            Py_DECREF(obj);
-            return NULL;
-        }
-    }
-    if (PyObject_GC_IsTracked(obj))
-        PyObject_GC_UnTrack(obj);
-    return obj;
-}
-
-/* made_of for the registered class ``c`` (SUBJECT, ACTION, RESOURCE or REQUEST). */
+ * CPU per AuthorizeBatch(100) call, ~27-30 without them. */
 static PyObject *made(int c, PyObject *const *values) {
     return made_of(classes[c], slots[c], values, field_count[c]);
 }
@@ -826,7 +791,7 @@ static PyObject *event_types(PyObject *module, PyObject *const *args, Py_ssize_t
                         "ALLOW, allow, deny, Decision, fields)");
         return NULL;
     }
-    if ((no_args == NULL && (no_args = PyTuple_New(0)) == NULL) || intern_names() < 0)
+    if (intern_names() < 0)
         return NULL;
     PyObject *found[EVENT_FIELDS], *row[1];
     if (slots_of("event_types", args[0], args[1], found, EVENT_FIELDS) < 0)

@@ -47,7 +47,7 @@ def _build(source: Path, out_dir: Path) -> Path:
     target = out_dir / f"_wire{sysconfig.get_config_var('EXT_SUFFIX')}"
     subprocess.run(["gcc", "-O1", "-g", "-fsanitize=address", "-fno-omit-frame-pointer",
                     "-fPIC", "-shared", f"-I{sysconfig.get_paths()['include']}",
-                    str(source), "-o", str(target)], check=True)
+                    f"-I{REPO / 'pdp'}", str(source), "-o", str(target)], check=True)
     return target
 
 
