@@ -11,54 +11,22 @@ first, to show the harness catches one.
 
 from __future__ import annotations
 
-import os
-import shutil
 import subprocess
-import sys
-import sysconfig
 from pathlib import Path
 
 import pytest
 
-REPO = Path(__file__).resolve().parents[2]
+from tests.sanitize import NEEDS_ASAN, REPO, build, run
+
 SOURCE = REPO / "pdp" / "server" / "_wire.c"
 FUZZ = REPO / "tests" / "server" / "wire_fuzz.py"
 BOUNDS_CHECK = "if (r->end - r->p < 8)"  # a double's 8 bytes are there
-
-
-def _libasan() -> Path | None:
-    gcc = shutil.which("gcc")
-    if gcc is None:
-        return None
-    found = subprocess.run([gcc, "-print-file-name=libasan.so"], capture_output=True,
-                           text=True, check=False).stdout.strip()
-    return Path(found) if found and Path(found).is_file() else None
-
-
-LIBASAN = _libasan()
-pytestmark = [
-    pytest.mark.slow,
-    pytest.mark.skipif(LIBASAN is None, reason="no gcc with AddressSanitizer's runtime "
-                       "(libasan) on this machine: the sanitized build cannot be made"),
-]
-
-
-def _build(source: Path, out_dir: Path) -> Path:
-    target = out_dir / f"_wire{sysconfig.get_config_var('EXT_SUFFIX')}"
-    subprocess.run(["gcc", "-O1", "-g", "-fsanitize=address", "-fno-omit-frame-pointer",
-                    "-fPIC", "-shared", f"-I{sysconfig.get_paths()['include']}",
-                    f"-I{REPO / 'pdp'}", str(source), "-o", str(target)], check=True)
-    return target
+pytestmark = [pytest.mark.slow, NEEDS_ASAN]
 
 
 def _fuzz(module: Path, logs: Path, inputs: int) -> tuple[subprocess.CompletedProcess[str],
                                                           list[str]]:
-    env = {**os.environ, "LD_PRELOAD": str(LIBASAN), "PYTHONMALLOC": "malloc",
-           "ASAN_OPTIONS": f"detect_leaks=0:exitcode=86:log_path={logs / 'asan'}"}
-    done = subprocess.run([sys.executable, str(FUZZ), str(module), str(inputs), "20261128"],
-                          cwd=REPO, env=env, capture_output=True, text=True, timeout=600,
-                          check=False)
-    return done, [p.read_text() for p in logs.glob("asan*")]
+    return run(FUZZ, module, logs, str(inputs), "20261128")
 
 
 def test_a_bounds_bug_is_caught_by_this_harness(tmp_path: Path) -> None:
@@ -66,15 +34,13 @@ def test_a_bounds_bug_is_caught_by_this_harness(tmp_path: Path) -> None:
     text = SOURCE.read_text()
     assert BOUNDS_CHECK in text
     broken.write_text(text.replace(BOUNDS_CHECK, "if (r->end - r->p < 4)"))
-    (tmp_path / "logs").mkdir()
-    done, reports = _fuzz(_build(broken, tmp_path), tmp_path / "logs", 100)
+    done, reports = _fuzz(build(broken, "_wire", tmp_path), tmp_path / "logs", 100)
     assert done.returncode == 86, done.stderr[-2000:]
     assert any("heap-buffer-overflow" in r and "value_of" in r for r in reports)
 
 
 def test_hostile_bytes_stay_inside_their_buffers(tmp_path: Path) -> None:
-    (tmp_path / "logs").mkdir()
-    done, reports = _fuzz(_build(SOURCE, tmp_path), tmp_path / "logs", 20_000)
+    done, reports = _fuzz(build(SOURCE, "_wire", tmp_path), tmp_path / "logs", 20_000)
     assert done.returncode == 0 and not reports, (done.stderr[-2000:], reports)
     decoded, left, built = (int(w.rstrip(",")) for w in done.stdout.split()
                             if w.rstrip(",").isdigit())
