@@ -7,7 +7,10 @@ round on every server, in an order that rotates from round to round. On these no
 machines the same configuration can move by 10-20 % between windows a minute apart, so a
 change is judged by the **median of the per-round ratios** new/old (each ratio taken within
 one round, both sides measured seconds apart), shown beside the medians of each side.
-``--new REV`` compares two revisions instead of REV and the working tree. ``--client native``
+``--new REV`` compares two revisions instead of REV and the working tree. ``--pushes N``
+also pushes N new revisions of the bundle (of ``--rules`` rules) to each pdp side with no
+load, then N under 8 uncached calls in flight, the sides by turns: how long a push and
+activation takes, and whether any call failed meanwhile. ``--client native``
 sends the load with the native generator of ``benchmarks.native`` instead of pdp-client (one
 process on the client core, which it does not fill), so that the client's own limit does not
 set how calls arrive.
@@ -20,6 +23,7 @@ from __future__ import annotations
 
 import argparse
 import contextlib
+import statistics
 import subprocess
 import sys
 import time
@@ -30,7 +34,15 @@ from typing import Any
 
 from benchmarks import native
 from benchmarks.bundles import bundle_json
-from benchmarks.harness import ROOT, BenchEnv, code_env, start_floor, start_pdp, stop_all
+from benchmarks.harness import (
+    ROOT,
+    BenchEnv,
+    code_env,
+    settle,
+    start_floor,
+    start_pdp,
+    stop_all,
+)
 from benchmarks.load import LoadPool
 from benchmarks.report import Row, machine, paired_ratio, write_json
 from benchmarks.run import CLIENT_CORE, RESULTS, SERVER_CORE, WORKERS
@@ -148,10 +160,12 @@ def _table(title: str, shapes: dict[str, dict[str, Row]]) -> str:
 
 def run(old: str, *, new: str | None = None, shapes: Sequence[str] = DEFAULT_SHAPES,
         rounds: int = 6, seconds: float = 2.0, out_dir: Path = RESULTS,
-        work: Path = WORK, client: str = "pdp-client", rules: int = 1000) -> dict[str, Any]:
+        work: Path = WORK, client: str = "pdp-client", rules: int = 1000,
+        pushes: int = 0) -> dict[str, Any]:
     """Measure floor, ``old`` and ``new`` (None: the working tree) side by side, the load
-    sent by ``client`` (one of CLIENTS), both pdp sides serving a bundle of ``rules`` rules;
-    write and return the results. Raises RuntimeError
+    sent by ``client`` (one of CLIENTS), both pdp sides serving a bundle of ``rules`` rules,
+    and then ``pushes`` pushes to each side with no load and as many under load (see
+    :func:`_pushes`); write and return the results. Raises RuntimeError
     when a revision cannot be checked out or built, a server does not run the code it is
     meant to, a shape or client is unknown, or the native generator cannot be built."""
     if client not in CLIENTS:
@@ -168,6 +182,8 @@ def run(old: str, *, new: str | None = None, shapes: Sequence[str] = DEFAULT_SHA
                            f"{', '.join(SHAPES)}")
     if rules < 3:
         raise RuntimeError(f"a bundle has at least 3 rules here, not {rules}")
+    if pushes < 0:
+        raise RuntimeError(f"pushes must be 0 or more, not {pushes}")
     if rounds < 1 or not seconds > 0:
         raise RuntimeError(f"rounds must be at least 1 and seconds positive, not {rounds} and "
                            f"{seconds}")
@@ -177,7 +193,8 @@ def run(old: str, *, new: str | None = None, shapes: Sequence[str] = DEFAULT_SHA
                            "command": f"python -m benchmarks.ab {old}"
                                       + (f" --new {new}" if new else "")
                                       + (f" --client {client}" if binary else "")
-                                      + (f" --rules {rules}" if rules != 1000 else "")}
+                                      + (f" --rules {rules}" if rules != 1000 else "")
+                                      + (f" --pushes {pushes}" if pushes else "")}
     with contextlib.ExitStack() as stack:  # on exit: servers, load generators, worktrees
         old_path, old_sha = stack.enter_context(checkout(old, work))
         new_path, new_sha = (None, _git("rev-parse", "HEAD")) if new is None else (
@@ -222,10 +239,59 @@ def run(old: str, *, new: str | None = None, shapes: Sequence[str] = DEFAULT_SHA
                  f"slowest: the slowest call of every round")
         out["table"] = _table(title, table)
         out["shapes"] = {name: _summary(rows) for name, rows in table.items()}
+        if pushes:
+            out["pushes"] = _pushes(bench, env, servers, rules, pushes)
     out["wall_seconds"] = time.perf_counter() - started
     write_json(out_dir / "ab.json", out)
     print(f"\nwrote {out_dir / 'ab.json'} in {out['wall_seconds']:.0f} s")
     return out
+
+
+def _pushes(bench: Bench, env: BenchEnv, servers: dict[str, Any], rules: int,
+            count: int) -> dict[str, Any]:
+    """``count`` pushes (PushBundle, activating) of new revisions of a ``rules``-rule bundle
+    to each pdp side with no load, then ``count`` more under 8 uncached Authorize calls in
+    flight; the sides by turns, the order alternating, each side pushed the same bundles.
+    Prints a table; returns each push's seconds, the calls answered and failed during the
+    loaded ones, and the median of the per-pair ratios new/old."""
+    bundles = [env.sign(f"push{rules}.{n}", bundle_json(rules, revision=f"p{n}"), rules)
+               for n in range(2 * count)]
+    sides: dict[str, dict[str, Any]] = {
+        who: {"no_load_s": [], "under_load_s": [], "calls": 0, "failed_calls": 0,
+              "p99_ms": [], "slowest_ms": []} for who in ("old", "new")}
+    for n, bundle in enumerate(bundles):
+        for who in ("old", "new") if n % 2 == 0 else ("new", "old"):
+            server, got = servers[who], sides[who]
+            if n < count:
+                settle(env.servers)
+                got["no_load_s"].append(env.push(server, bundle))
+                continue
+            took: list[float] = []
+            seconds = max(4.0, 3 * max(got["no_load_s"]))  # the push ends inside the window
+            job = bench.job(server, vary=True, duration=seconds)
+            window = measure(bench, [server], spread(job, 8, WORKERS),
+                             during=lambda s=server, b=bundle, t=took: t.append(env.push(s, b)))
+            got["under_load_s"] += took
+            got["calls"] += window.calls
+            got["failed_calls"] += window.errors
+            got["p99_ms"].append(window.p99_ms)
+            got["slowest_ms"].append(window.max_ms)
+    old, new = sides["old"], sides["new"]
+    ratios = {key: statistics.median(b / a for a, b in zip(old[key], new[key], strict=True))
+              for key in ("no_load_s", "under_load_s")}
+    lines = [f"\n== {count} pushes of a {rules:,}-rule bundle to each side with no load, then "
+             f"{count} under 8 uncached calls in flight (sides by turns; medians; new/old: "
+             f"median of the per-pair ratios)",
+             f"{'side':<6}{'no load s':>11}{'under load s':>14}{'calls':>9}{'failed':>8}"
+             f"{'p99 ms, max':>13}{'slowest ms':>12}"]
+    for who, got in sides.items():
+        lines.append(f"{who:<6}{statistics.median(got['no_load_s']):>11.2f}"
+                     f"{statistics.median(got['under_load_s']):>14.2f}{got['calls']:>9,}"
+                     f"{got['failed_calls']:>8}{max(got['p99_ms']):>13.1f}"
+                     f"{max(got['slowest_ms']):>12.1f}")
+    lines.append(f"new/old{ratios['no_load_s']:>10.3f}{ratios['under_load_s']:>14.3f}")
+    print("\n".join(lines), flush=True)
+    return {**sides, "new_over_old": ratios, "table": "\n".join(lines)}
 
 
 def _side(rev: str, sha: str, code: Path | None, cwd: Path) -> dict[str, Any]:
@@ -275,13 +341,17 @@ def main(argv: list[str] | None = None) -> int:
     p.add_argument("--rules", type=int, default=1000,
                    help="the size of the bundle both pdp sides serve (the benchmark's, at "
                         "least 3)")
+    p.add_argument("--pushes", type=int, default=0,
+                   help="also push the bundle this many times to each side with no load, and "
+                        "as many under load (activation time; 0: none)")
     p.add_argument("--client", default="pdp-client", choices=CLIENTS,
                    help="what sends the load: pdp-client (as make bench) or the native "
                         "generator of benchmarks.native")
     args = p.parse_args(argv)
     try:
         run(args.old, new=args.new, shapes=[s for s in args.shapes.split(",") if s],
-            rounds=args.rounds, seconds=args.seconds, client=args.client, rules=args.rules)
+            rounds=args.rounds, seconds=args.seconds, client=args.client, rules=args.rules,
+            pushes=args.pushes)
     except RuntimeError as exc:
         print(f"benchmarks.ab: {exc}", file=sys.stderr)
         return 1

@@ -30,7 +30,7 @@ def _git(*args: str) -> str:
 def test_each_side_serves_its_own_revision_and_the_worktree_goes(tmp_path: Path) -> None:
     shapes = ("authorize-1", "batch100-8")
     out = run("HEAD", shapes=shapes, rounds=1, seconds=0.2, out_dir=tmp_path / "results",
-              work=tmp_path / "work")
+              work=tmp_path / "work", pushes=1)
     written = json.loads((tmp_path / "results" / "ab.json").read_text())
     assert written["old"]["commit"] == _git("rev-parse", "HEAD") == out["old"]["commit"]
     # The running servers' own C modules (HEAD has them): each from its side's code.
@@ -48,6 +48,12 @@ def test_each_side_serves_its_own_revision_and_the_worktree_goes(tmp_path: Path)
             assert row["median"]["server_cpu_us_per_call"] > 0, row
         assert written["shapes"][shape]["new_over_old"]["server_cpu_us_per_call"] > 0
     assert "floor" in written["table"] and "new/old CPU" in written["table"]
+    for side in ("old", "new"):  # one push each with no load, one under load: none failed
+        pushed = written["pushes"][side]
+        assert len(pushed["no_load_s"]) == len(pushed["under_load_s"]) == 1, pushed
+        assert min(pushed["no_load_s"] + pushed["under_load_s"]) > 0, pushed
+        assert pushed["calls"] > 0 and pushed["failed_calls"] == 0, pushed
+    assert written["pushes"]["new_over_old"]["under_load_s"] > 0
     assert str(tmp_path) not in _git("worktree", "list")  # removed after the run
 
 
@@ -64,6 +70,9 @@ def test_an_unknown_revision_or_shape_is_refused_before_anything_starts(tmp_path
     with pytest.raises(RuntimeError, match="unknown client 'ghz'"):
         run("HEAD", shapes=("authorize-1",), rounds=1, seconds=0.1,
             out_dir=tmp_path / "results", work=tmp_path / "work", client="ghz")
+    with pytest.raises(RuntimeError, match="pushes must be 0 or more, not -1"):
+        run("HEAD", shapes=("authorize-1",), rounds=1, seconds=0.1,
+            out_dir=tmp_path / "results", work=tmp_path / "work", pushes=-1)
     with pytest.raises(RuntimeError, match="at least 3 rules here, not 2"):
         run("HEAD", shapes=("authorize-1",), rounds=1, seconds=0.1,
             out_dir=tmp_path / "results", work=tmp_path / "work", rules=2)
