@@ -529,25 +529,56 @@ static int add(PyObject *pieces, PyObject *text) {
     return failed;
 }
 
-static int canonical_rule(PyObject *pieces, PyObject *rule, PyObject *parts, PyObject *make,
-                          PyObject *quote) {
+/* What canonical_rules and compile_rules read of a Rule: its fields, and its resources' type
+ * and ids, all new references (rule_view_clear drops them). */
+typedef struct {
+    PyObject *f[RULE_FIELDS];
+    PyObject *rtype, *ids;
+} RuleView;
+
+static void rule_view_clear(RuleView *v) {
+    for (int i = 0; i < RULE_FIELDS; i++)
+        Py_CLEAR(v->f[i]);
+    Py_CLEAR(v->rtype);
+    Py_CLEAR(v->ids);
+}
+
+/* 0 with ``v`` filled from ``rule``, a Rule whose id is a str and whose resources are a
+ * ResourceMatch with a str type; -1 with TypeError, and nothing held, otherwise. */
+static int rule_view(PyObject *rule, RuleView *v) {
+    *v = (RuleView){{NULL}, NULL, NULL};
     if (Py_TYPE(rule) != rule_type) {
         PyErr_Format(PyExc_TypeError, "expected a Rule, got %.100s", Py_TYPE(rule)->tp_name);
         return -1;
     }
-    PyObject *f[RULE_FIELDS] = {NULL};
-    PyObject *rtype = NULL, *ids = NULL;
-    int failed = -1;
     for (int i = 0; i < RULE_FIELDS; i++)
-        if ((f[i] = field(rule_slots[i], rule)) == NULL)
-            goto done;
-    if (Py_TYPE(f[F_RESOURCES]) != resource_type) {
-        PyErr_SetString(PyExc_TypeError, "a Rule's resources must be a ResourceMatch");
-        goto done;
+        if ((v->f[i] = field(rule_slots[i], rule)) == NULL)
+            goto fail;
+    if (Py_TYPE(v->f[F_RESOURCES]) != resource_type || !PyUnicode_CheckExact(v->f[F_ID])) {
+        PyErr_SetString(PyExc_TypeError, "a Rule's resources must be a ResourceMatch and its "
+                                         "id a str");
+        goto fail;
     }
-    if ((rtype = field(resource_slots[R_TYPE], f[F_RESOURCES])) == NULL ||
-        (ids = field(resource_slots[R_IDS], f[F_RESOURCES])) == NULL)
-        goto done;
+    if ((v->rtype = field(resource_slots[R_TYPE], v->f[F_RESOURCES])) == NULL ||
+        (v->ids = field(resource_slots[R_IDS], v->f[F_RESOURCES])) == NULL)
+        goto fail;
+    if (!PyUnicode_CheckExact(v->rtype)) {
+        PyErr_SetString(PyExc_TypeError, "a ResourceMatch's type must be a str");
+        goto fail;
+    }
+    return 0;
+fail:
+    rule_view_clear(v);
+    return -1;
+}
+
+static int canonical_rule(PyObject *pieces, PyObject *rule, PyObject *parts, PyObject *make,
+                          PyObject *quote) {
+    RuleView v;
+    if (rule_view(rule, &v) < 0)
+        return -1;
+    PyObject *const *f = v.f, *rtype = v.rtype, *ids = v.ids;
+    int failed = -1;
     int empty = PyObject_Not(f[F_DESCRIPTION]);
     if (empty < 0)
         goto done;
@@ -571,10 +602,7 @@ static int canonical_rule(PyObject *pieces, PyObject *rule, PyObject *parts, PyO
         goto done;
     failed = 0;
 done:
-    for (int i = 0; i < RULE_FIELDS; i++)
-        Py_XDECREF(f[i]);
-    Py_XDECREF(rtype);
-    Py_XDECREF(ids);
+    rule_view_clear(&v);
     return failed;
 }
 
@@ -745,28 +773,12 @@ static int compile_rule(PyObject *rule, Py_ssize_t i, PyObject *version, PyObjec
                            PyTuple_GET_ITEM(state, 2)};
     PyObject *entries = PyTuple_GET_ITEM(state, 3), *typed = PyTuple_GET_ITEM(state, 4);
     PyObject *globbed = PyTuple_GET_ITEM(state, 5);
-    if (Py_TYPE(rule) != rule_type) {
-        PyErr_Format(PyExc_TypeError, "expected a Rule, got %.100s", Py_TYPE(rule)->tp_name);
+    RuleView v;
+    if (rule_view(rule, &v) < 0)
         return -1;
-    }
-    PyObject *f[RULE_FIELDS] = {NULL};
-    PyObject *rtype = NULL, *ids = NULL, *key = NULL, *decision = NULL;
+    PyObject *const *f = v.f, *rtype = v.rtype, *ids = v.ids;
+    PyObject *key = NULL, *decision = NULL;
     int failed = -1;
-    for (int k = 0; k < RULE_FIELDS; k++)
-        if ((f[k] = field(rule_slots[k], rule)) == NULL)
-            goto done;
-    if (Py_TYPE(f[F_RESOURCES]) != resource_type || !PyUnicode_CheckExact(f[F_ID])) {
-        PyErr_SetString(PyExc_TypeError, "a Rule's resources must be a ResourceMatch and its "
-                                         "id a str");
-        goto done;
-    }
-    if ((rtype = field(resource_slots[R_TYPE], f[F_RESOURCES])) == NULL ||
-        (ids = field(resource_slots[R_IDS], f[F_RESOURCES])) == NULL)
-        goto done;
-    if (!PyUnicode_CheckExact(rtype)) {
-        PyErr_SetString(PyExc_TypeError, "a ResourceMatch's type must be a str");
-        goto done;
-    }
     PyObject *subject_key = PyLong_FromVoidPtr(f[F_SUBJECTS]);
     if (subject_key == NULL)
         goto done;
@@ -812,10 +824,7 @@ static int compile_rule(PyObject *rule, Py_ssize_t i, PyObject *version, PyObjec
     }
     failed = 0;
 done:
-    for (int k = 0; k < RULE_FIELDS; k++)
-        Py_XDECREF(f[k]);
-    Py_XDECREF(rtype);
-    Py_XDECREF(ids);
+    rule_view_clear(&v);
     Py_XDECREF(key);
     Py_XDECREF(decision);
     return failed;

@@ -135,6 +135,23 @@ def test_a_bundle_encoded_and_compiled_in_several_pieces() -> None:
     assert decide("kind9000", "alice") == ""
 
 
+def test_the_c_helpers_refuse_what_is_not_a_rule_of_the_loader() -> None:
+    # canonical_rules and compile_rules read Rules through their slots: anything else is a
+    # TypeError naming it, never a read of the wrong memory.
+    from pdp.policy._json import canonical_rules, compile_rules
+
+    good = load_bundle(json.dumps(_doc(1))).rules[0]
+    odd = [("r", "allow"), Rule(id=1, effect=Effect.ALLOW, actions=("read",)),  # type: ignore[arg-type]
+           Rule(id="r", effect=Effect.ALLOW, actions=("read",), resources=("doc",))]  # type: ignore[arg-type]
+    for bad, message in zip(odd, ("expected a Rule", "id a str", "a ResourceMatch"), strict=True):
+        with pytest.raises(TypeError, match=message):
+            canonical_rules([good, bad], 0, 2, {}, lambda value, kind: "[]", json.dumps)
+        with pytest.raises(TypeError, match=message):
+            compile_rules([good, bad], 0, 2, "v", (lambda s: None, lambda i: None,
+                                                    lambda a, w: (None, None), lambda t: None),
+                          ({}, {}, {}, [], {}, []))
+
+
 def test_json_with_rules_last_or_first_loads_to_the_same_bundle() -> None:
     doc = _doc()
     rules_first = {"rules": doc["rules"], "metadata": doc["metadata"]}
