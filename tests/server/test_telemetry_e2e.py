@@ -13,6 +13,7 @@ from opentelemetry.sdk.trace import TracerProvider
 from opentelemetry.sdk.trace.export import SimpleSpanProcessor
 from opentelemetry.sdk.trace.export.in_memory_span_exporter import InMemorySpanExporter
 
+from benchmarks.otlp_sink import OtlpSink, span_attributes
 from pdp.telemetry import Telemetry, TelemetryConfig
 from pdp_client import PDPClient, Resource, Subject
 from pdp_client._proto import authorization_pb2
@@ -82,3 +83,32 @@ def test_a_batch_has_its_span_and_a_refused_batch_an_error_span(
     assert dict(ok.attributes or {})["pdp.caller"] == "spiffe://pdp.test/svc/search"
     assert ok.status.status_code is trace.StatusCode.UNSET
     assert failed.status.status_code is trace.StatusCode.ERROR
+
+
+def test_spans_are_exported_over_otlp_to_a_real_collector(
+    start_server: Callable[..., Harness],
+) -> None:
+    # `[telemetry] traces = "otlp"` as configured, to a collector on loopback: every call's
+    # span arrives, with its attributes; a refused call's with status ERROR (code 2).
+    sink = OtlpSink().start()
+    try:
+        telemetry = Telemetry(TelemetryConfig(traces="otlp", otlp_endpoint=sink.endpoint))
+        harness = start_server(telemetry=telemetry)
+        stub = harness.authz()
+        for resource in ("d1", "d2", "d3"):
+            answer = stub.Authorize(authorize_request("alice", "read", resource), timeout=5)
+            assert answer.decision == authorization_pb2.DECISION_ALLOW
+        with pytest.raises(grpc.RpcError):
+            stub.Authorize(authorization_pb2.AuthorizeRequest(), timeout=5)  # no subject
+        telemetry.shutdown()  # flushes the batch to the collector
+        authorize = [s for _, s in sink.spans() if s.name == "pdp.v1.Authorization/Authorize"]
+        assert len(authorize) == 4
+        *allowed, refused = authorize
+        for span in allowed:
+            attributes = span_attributes(span)
+            assert attributes["pdp.decision"] == "allow"
+            assert attributes["pdp.rule_id"] == "read-docs"
+            assert attributes["pdp.caller"] == "spiffe://pdp.test/svc/search"
+        assert refused.status.code == 2  # STATUS_CODE_ERROR
+    finally:
+        sink.stop()
