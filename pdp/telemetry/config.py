@@ -28,6 +28,7 @@ class TelemetryConfig:
     """OpenTelemetry settings; ``__post_init__`` raises ValueError on an unsafe combination."""
 
     traces: Literal["none", "console", "otlp"] = "none"  # span exporter
+    trace_sample_ratio: float = 1.0  # share of calls starting a trace that are traced (0-1)
     metrics: Literal["none", "console", "otlp", "prometheus"] = "none"  # metric exporter
     otlp_endpoint: str = "http://127.0.0.1:4317"  # OTLP/gRPC collector; http:// = plaintext
     otlp_insecure: bool = False  # plaintext even without http:// (loopback collectors only)
@@ -37,6 +38,8 @@ class TelemetryConfig:
     export_interval: float = 10.0  # seconds between metric exports (console, otlp)
 
     def __post_init__(self) -> None:
+        if not 0.0 <= self.trace_sample_ratio <= 1.0:
+            raise ValueError("trace_sample_ratio must be between 0 and 1")
         if not self.export_interval > 0:
             raise ValueError("export_interval must be positive")
         if not 0 <= self.prometheus_port <= 65535:

@@ -60,8 +60,11 @@ class Telemetry:
         if build_tracer:
             from opentelemetry.sdk.trace import TracerProvider as SdkTracerProvider
             from opentelemetry.sdk.trace.export import BatchSpanProcessor
+            from opentelemetry.sdk.trace.sampling import ALWAYS_ON, ParentBased
 
-            sdk_tracer = SdkTracerProvider(resource=resource)
+            # The caller's sampled flag decides for a call that continues its trace; a call
+            # that starts one was sampled by start_rpc_span (trace_sample_ratio) already.
+            sdk_tracer = SdkTracerProvider(resource=resource, sampler=ParentBased(ALWAYS_ON))
             sdk_tracer.add_span_processor(BatchSpanProcessor(self._span_exporter()))
             self._owned.append(sdk_tracer)
             tracer_provider = sdk_tracer
@@ -88,10 +91,11 @@ class Telemetry:
 
     def rpc_span(self, method: str, metadata: Metadata) -> AbstractContextManager[SpanHandle]:
         """A SERVER span for gRPC ``method`` (``/pdp.v1.Authorization/Authorize``) continuing
-        the ``traceparent``/``tracestate`` of ``metadata``; the shared no-op when off."""
+        the ``traceparent``/``tracestate`` of ``metadata``; the shared no-op when off or when
+        the call is not traced (``trace_sample_ratio``; the caller's sampled flag)."""
         if self._tracer is None:
             return NOOP_SPAN
-        return start_rpc_span(self._tracer, method, metadata)
+        return start_rpc_span(self._tracer, method, metadata, self.config.trace_sample_ratio)
 
     # --- metrics --------------------------------------------------------------------
 

@@ -83,6 +83,7 @@ def test_a_batch_has_its_span_and_a_refused_batch_an_error_span(
     assert dict(ok.attributes or {})["pdp.caller"] == "spiffe://pdp.test/svc/search"
     assert ok.status.status_code is trace.StatusCode.UNSET
     assert failed.status.status_code is trace.StatusCode.ERROR
+    assert [e.name for e in failed.events] == ["exception"]  # recorded once, not per raise
 
 
 def test_spans_are_exported_over_otlp_to_a_real_collector(

@@ -22,6 +22,7 @@ from opentelemetry.sdk.trace.export.in_memory_span_exporter import InMemorySpanE
 from opentelemetry.trace import SpanKind, StatusCode
 
 import pdp.telemetry
+from benchmarks.otlp_sink import OtlpSink, span_attributes
 from pdp.configuration import build_section
 from pdp.errors import ConfigError
 from pdp.telemetry import NOOP_SPAN, Telemetry, TelemetryConfig
@@ -121,6 +122,69 @@ def test_error_marks_the_span_failed(spans: tuple[Telemetry, InMemorySpanExporte
     assert pushed.status.status_code is StatusCode.ERROR
     assert pushed.events[0].name == "exception"
     assert rolled.status.status_code is StatusCode.ERROR
+
+
+def test_an_error_is_recorded_once_when_the_call_then_aborts(
+    spans: tuple[Telemetry, InMemorySpanExporter],
+) -> None:
+    # The handlers mark the span failed, then abort the call, which raises through the span.
+    telemetry, exporter = spans
+    with pytest.raises(RuntimeError), telemetry.rpc_span(AUTHORIZE, None) as span:
+        span.error(ValueError("refused"))
+        raise RuntimeError("abort")
+    (failed,) = exporter.get_finished_spans()
+    assert failed.status.status_code is StatusCode.ERROR
+    assert [e.name for e in failed.events] == ["exception"]
+    assert dict(failed.events[0].attributes or {})["exception.type"] == "ValueError"
+
+
+SAMPLED = "00-" + "ab" * 16 + "-" + "cd" * 8 + "-01"
+NOT_SAMPLED = "00-" + "ab" * 16 + "-" + "ef" * 8 + "-00"
+
+
+@pytest.fixture
+def sink() -> Iterator[OtlpSink]:
+    collector = OtlpSink().start()
+    yield collector
+    collector.stop()
+
+
+def test_otlp_spans_reach_a_collector_and_the_ratio_samples_only_root_calls(
+    sink: OtlpSink,
+) -> None:
+    telemetry = Telemetry(TelemetryConfig(traces="otlp", otlp_endpoint=sink.endpoint,
+                                          trace_sample_ratio=0.0, service_name="pdp-eu"))
+    assert telemetry.tracing
+    # A call with no trace context: the ratio (0) decides, and nothing is recorded.
+    assert telemetry.rpc_span(AUTHORIZE, None) is NOOP_SPAN
+    # A caller's trace is followed as the caller sampled it, whatever the ratio.
+    assert telemetry.rpc_span(AUTHORIZE, [("traceparent", NOT_SAMPLED)]) is NOOP_SPAN
+    with telemetry.rpc_span(AUTHORIZE, [("traceparent", SAMPLED)]) as span:
+        span.set("pdp.decision", "allow")
+        span.set("pdp.cached", False)
+    telemetry.shutdown()  # flushes the batch to the collector
+    ((resource, exported),) = sink.spans()
+    assert resource["service.name"] == "pdp-eu"
+    assert exported.name == "pdp.v1.Authorization/Authorize"
+    assert exported.trace_id.hex() == "ab" * 16 and exported.parent_span_id.hex() == "cd" * 8
+    assert span_attributes(exported) == {
+        "rpc.system": "grpc", "rpc.service": "pdp.v1.Authorization", "rpc.method": "Authorize",
+        "pdp.decision": "allow", "pdp.cached": False}
+
+
+@pytest.mark.parametrize(("ratio", "low", "high"), [(1.0, 400, 400), (0.5, 120, 280)])
+def test_the_sample_ratio_is_the_share_of_root_calls_traced(
+    sink: OtlpSink, ratio: float, low: int, high: int,
+) -> None:
+    telemetry = Telemetry(TelemetryConfig(traces="otlp", otlp_endpoint=sink.endpoint,
+                                          trace_sample_ratio=ratio))
+    for _ in range(400):
+        with telemetry.rpc_span(AUTHORIZE, None) as span:
+            span.set("pdp.decision", "deny")
+    telemetry.shutdown()
+    # 0.5: 200 expected; outside 120-280 has a chance below 1e-14 with random trace ids.
+    assert low <= sink.count <= high
+    assert all(span_attributes(s)["pdp.decision"] == "deny" for _, s in sink.spans())
 
 
 def test_tracing_off_is_a_shared_no_op() -> None:
@@ -251,6 +315,11 @@ def test_config_section_and_unsafe_settings_refused() -> None:
         ({"otlp_endpoint": "https://collector.example:4317", "otlp_insecure": True}, "contradicts"),
         ({"otlp_endpoint": "collector:4317"}, "http"),
         ({"export_interval": 0}, "export_interval"),
+        ({"trace_sample_ratio": 1.5}, "trace_sample_ratio must be between 0 and 1"),
+        ({"trace_sample_ratio": -0.1}, "trace_sample_ratio must be between 0 and 1"),
+        ({"trace_sample_ratio": float("nan")}, "trace_sample_ratio must be between 0 and 1"),
+        ({"trace_sample_ratio": "10%"}, "trace_sample_ratio"),
+        ({"trace_sample_ratio": True}, "trace_sample_ratio"),
     ]:
         with pytest.raises(ConfigError, match=words):
             build_section(TelemetryConfig, bad, where="[telemetry]")
