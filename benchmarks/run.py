@@ -15,11 +15,13 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
+from benchmarks import otlp_sink
 from benchmarks.bundles import bundle_json
 from benchmarks.harness import (
     BenchEnv,
     ServerProc,
     SignedBundle,
+    pinned,
     start_floor,
     start_pdp,
     stop_all,
@@ -50,7 +52,10 @@ BATCH3_FRESH = "pdp AuthorizeBatch(3) uncached, 32"
 SHADOW_ROW = "default + shadow evaluation of a candidate"
 AUDIT_OFF = "[audit]\nenabled = false\n"
 DETECT_OFF = "[detection]\nenabled = false\n"
-TRACES_ON = '[telemetry]\ntraces = "console"\n'
+# Spans go over OTLP to a collector (benchmarks.otlp_sink, on the client core), as they would
+# in a deployment: the server pays for encoding and sending every span it records.
+TRACES_ON = '[telemetry]\ntraces = "otlp"\notlp_endpoint = "{endpoint}"\n'
+TRACES_SAMPLED = TRACES_ON + "trace_sample_ratio = 0.1\n"
 
 
 @dataclass(frozen=True)
@@ -138,14 +143,19 @@ def batch_rows(bench: Bench, pdp: ServerProc, floor: ServerProc,
 
 def monitoring_rows(bench: Bench, env: BenchEnv, bundle: Any, full: bool,
                     out: dict[str, Any]) -> None:
-    """Audit, tracing, detection, shadow evaluation on vs off: 32 in flight, uncached."""
+    """Audit, tracing, detection, shadow evaluation on vs off: 32 in flight, uncached.
+    Raises RuntimeError when the traced servers exported no span."""
+    sink = otlp_sink.start_sink(pinned(str(CLIENT_CORE)))
+    traces = TRACES_ON.format(endpoint=sink.endpoint)
     variants = [("all off", AUDIT_OFF + DETECT_OFF),
                 ("default (audit + detection)", ""),
                 (SHADOW_ROW, ""),
-                ("all on (audit + detection + tracing)", TRACES_ON)]
+                ("all on (audit + detection + tracing)", traces)]
     if full:
         variants += [("audit only", DETECT_OFF), ("detection only", AUDIT_OFF),
-                     ("tracing only", AUDIT_OFF + DETECT_OFF + TRACES_ON)]
+                     ("tracing only", AUDIT_OFF + DETECT_OFF + traces),
+                     ("tracing only, 1 call in 10 traced (trace_sample_ratio = 0.1)",
+                      AUDIT_OFF + DETECT_OFF + TRACES_SAMPLED.format(endpoint=sink.endpoint))]
     servers = []
     try:
         plan = []
@@ -159,9 +169,17 @@ def monitoring_rows(bench: Bench, env: BenchEnv, bundle: Any, full: bool,
                          lambda s=s: spread(bench.job(s, vary=True), 32, WORKERS)))
         _section(bench, "Monitoring impact (1,000 rules, 32 in flight, uncached)",
                  rounds(bench, plan), out, "monitoring")
+        for s in servers:
+            env.stop(s)  # a server flushes its last spans as it stops
+        servers = []
+        out["otlp_spans_received"] = spans = otlp_sink.received(sink.port)
+        print(f"(the OTLP collector received {spans:,} spans from the traced servers)")
+        if not spans:
+            raise RuntimeError("the traced servers exported no span to the OTLP collector")
     finally:
         for s in servers:
             env.stop(s)
+        sink.stop()
 
 
 def peer_rows(bench: Bench, env: BenchEnv, pdp: ServerProc, bundle: Any, processes: int,

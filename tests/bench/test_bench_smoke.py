@@ -112,6 +112,8 @@ def test_quick_run_end_to_end(tmp_path: Path, capsys: pytest.CaptureFixture[str]
             assert row["rounds"][0]["calls"] > 0, row
             assert row["median"]["server_cpu_us_per_call"] > 0, row
     assert out["tls_handshake"]["mtls"]["p50_ms"] > 0
+    # The traced row exported its spans over OTLP to the run's collector.
+    assert out["otlp_spans_received"] > 0
     assert out["tokens"]["verify_p50_us"] > 0
     assert "sequential p50 <= 1.05x floor" in out["targets"]
     # Beside each ratio of medians, the median of the per-round ratios (one round here: the
