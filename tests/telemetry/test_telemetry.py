@@ -8,6 +8,7 @@ import os
 import subprocess
 import sys
 import textwrap
+import threading
 import urllib.request
 from collections.abc import Iterator
 from pathlib import Path
@@ -264,6 +265,36 @@ def test_metrics_read_back_through_an_in_memory_reader() -> None:
     expiry = {p.attributes["certificate"]: p.value for p in points["pdp.certificate.expiry"]}
     assert expiry == {"server": 29.5, "ca": 3650.0}
     assert [p.value for p in points["pdp.audit.queue_depth"]] == [7]
+    provider.shutdown()
+
+
+def test_decisions_counted_on_many_threads_add_up_exactly() -> None:
+    # Each thread counts into its own tally; a collection sums them, and a thread that has
+    # ended still counts (a counter never goes down).
+    reader = InMemoryMetricReader()
+    provider = MeterProvider(metric_readers=[reader])
+    telemetry = Telemetry(TelemetryConfig(), meter_provider=provider)
+
+    def decide(n: int) -> None:
+        for i in range(n):
+            telemetry.record_decision("allow" if i % 4 else "deny", 0.0001, cached=i % 2 == 0)
+
+    threads = [threading.Thread(target=decide, args=(1000,)) for _ in range(8)]
+    for thread in threads:
+        thread.start()
+    for thread in threads:
+        thread.join()
+    decide(4)  # and this thread too
+    points = _points(reader)
+    by_decision = {p.attributes["decision"]: p.value for p in points["pdp.decisions"]}
+    assert by_decision == {"allow": 8 * 750 + 3, "deny": 8 * 250 + 1}
+    assert [p.value for p in points["pdp.cache.hits"]] == [8 * 500 + 2]
+    assert [p.value for p in points["pdp.cache.misses"]] == [8 * 500 + 2]
+    durations = {p.attributes["decision"]: p.count for p in points["pdp.decision.duration"]}
+    assert durations == by_decision
+    decide(4)  # counts keep growing from one collection to the next
+    again = {p.attributes["decision"]: p.value for p in _points(reader)["pdp.decisions"]}
+    assert again == {"allow": 8 * 750 + 6, "deny": 8 * 250 + 2}
     provider.shutdown()
 
 
