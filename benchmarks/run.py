@@ -56,6 +56,7 @@ DETECT_OFF = "[detection]\nenabled = false\n"
 # in a deployment: the server pays for encoding and sending every span it records.
 TRACES_ON = '[telemetry]\ntraces = "otlp"\notlp_endpoint = "{endpoint}"\n'
 TRACES_SAMPLED = TRACES_ON + "trace_sample_ratio = 0.1\n"
+METRICS_ON = '[telemetry]\nmetrics = "prometheus"\nprometheus_port = 0\n'  # any free port
 
 
 @dataclass(frozen=True)
@@ -152,7 +153,8 @@ def monitoring_rows(bench: Bench, env: BenchEnv, bundle: Any, full: bool,
                 (SHADOW_ROW, ""),
                 ("all on (audit + detection + tracing)", traces)]
     if full:
-        variants += [("audit only", DETECT_OFF), ("detection only", AUDIT_OFF),
+        variants += [("default + metrics (Prometheus endpoint)", METRICS_ON),
+                     ("audit only", DETECT_OFF), ("detection only", AUDIT_OFF),
                      ("tracing only", AUDIT_OFF + DETECT_OFF + traces),
                      ("tracing only, 1 call in 10 traced (trace_sample_ratio = 0.1)",
                       AUDIT_OFF + DETECT_OFF + TRACES_SAMPLED.format(endpoint=sink.endpoint))]
