@@ -4,8 +4,9 @@ With tracing off, :data:`NOOP_SPAN` is both the context manager and the handle: 
 With tracing on, the span is started and ended directly (not made the current span: pdp starts
 no child spans). A call that continues a caller's trace is recorded as the caller sampled it
 (the provider's parent-based sampler); a call that starts a trace is traced with probability
-``root_ratio``, decided here before the SDK is asked, so that an untraced call costs next to
-nothing. A span that is not recorded gets :data:`NOOP_SPAN` and sets no attributes.
+``root_ratio``, decided here before the SDK is asked, so that an untraced call costs little
+more than the read of its metadata. A span that is not recorded gets :data:`NOOP_SPAN` and
+sets no attributes.
 """
 
 from __future__ import annotations
