@@ -71,9 +71,6 @@ class _RpcSpan(SpanHandle, AbstractContextManager[SpanHandle]):
         self._span = span
         self._failed = False
 
-    def __enter__(self) -> SpanHandle:
-        return self
-
     def __exit__(
         self,
         exc_type: type[BaseException] | None,
