@@ -6,8 +6,8 @@ import shutil
 import threading
 from pathlib import Path
 
+from opentelemetry import baggage, trace
 from opentelemetry import context as otel_context
-from opentelemetry import trace
 from opentelemetry.trace import NonRecordingSpan, SpanContext, TraceFlags
 
 from pdp_client import PDPClient
@@ -92,3 +92,16 @@ def test_trace_context_is_injected(test_pdp: Running, client_files: dict) -> Non
     assert first.metadata["traceparent"] == (
         "00-0af7651916cd43dd8448eb211c80319c-b7ad6b7169203331-01")
     assert "traceparent" not in second.metadata
+
+
+def test_baggage_without_a_span_is_still_sent(test_pdp: Running, client_files: dict) -> None:
+    # The client skips the propagators only for an empty context; baggage alone is a value.
+    token = otel_context.attach(baggage.set_baggage("tenant", "acme"))
+    try:
+        with PDPClient(test_pdp.target, **client_files) as c:
+            c.authorize(**ASK)
+    finally:
+        otel_context.detach(token)
+    (call,) = test_pdp.fake.calls()
+    assert call.metadata["baggage"] == "tenant=acme"
+    assert "traceparent" not in call.metadata

@@ -325,8 +325,11 @@ def _put_action(out: pb.Action, value: ActionLike, where: str) -> None:
         out.SetInParent()
         out.name = value
         return
-    f = _fields(value, Action, _ACTION_KEYS, f"{where}.action")
-    name, props = f["name"], f["properties"]
+    if isinstance(value, Action):  # as _fields would read it, without the dict
+        name, props = value.name, value.properties
+    else:
+        f = _fields(value, Action, _ACTION_KEYS, f"{where}.action")
+        name, props = f["name"], f["properties"]
     if type(name) is not str:
         name = _text(name, f"{where}.action.name")
     out.SetInParent()

@@ -6,25 +6,34 @@ The client never depends on OpenTelemetry: without it, no trace metadata is sent
 from __future__ import annotations
 
 from collections.abc import Callable
+from typing import Any
 
 __all__ = ["trace_metadata"]
 
+Metadata = tuple[tuple[str, str], ...]
 
-def _load() -> Callable[[dict[str, str]], None] | None:
+
+def _load() -> tuple[Callable[[], Any], Callable[[dict[str, str]], None]] | None:
     try:
-        from opentelemetry import propagate
+        from opentelemetry import context, propagate
     except ImportError:
         return None
-    return propagate.inject
+    return context.get_current, propagate.inject
 
 
-_inject = _load()
+_otel = _load()
+_current, _inject = _otel if _otel is not None else (None, None)
 
 
-def trace_metadata() -> list[tuple[str, str]]:
-    """`traceparent` (and `tracestate`, baggage) of the current OTel context, or [] without one."""
-    if _inject is None:
-        return []
+def trace_metadata() -> Metadata:
+    """`traceparent` (and `tracestate`, baggage) of the current OTel context, or () without one.
+
+    An empty context (no span, no baggage, no other value: a call made outside any span)
+    is answered without asking the propagators: they inject values read from the context,
+    and it holds none. That costs ~0.1 µs a call instead of the ~1.5 the propagators take.
+    """
+    if _current is None or _inject is None or not _current():
+        return ()
     carrier: dict[str, str] = {}
     _inject(carrier)
-    return [(k.lower(), v) for k, v in carrier.items()]
+    return tuple((k.lower(), v) for k, v in carrier.items())
