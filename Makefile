@@ -4,7 +4,7 @@ VENV   := .venv
 BIN    := $(VENV)/bin
 STAMP  := $(VENV)/.installed
 
-.PHONY: run test lint typecheck pytest proto bench bench-quick bench-ab bench-clients bench-sched bench-native clean
+.PHONY: run test lint typecheck pytest proto bench bench-quick bench-ab bench-clients bench-sched bench-native bench-counts clean
 
 $(STAMP): pyproject.toml setup.py clients/python/pyproject.toml pdp/server/_wire.c pdp/policy/_json.c \
 		pdp/policy/_doorkeeper.c
@@ -52,6 +52,10 @@ bench-clients: $(STAMP)
 ## bench-native: the targets with a native (C++) load generator; needs g++, pkg-config, libgrpc++-dev
 bench-native: $(STAMP)
 	$(BIN)/python -m benchmarks.native
+
+## bench-counts: the function calls per request of the floor and pdp, counted, not timed
+bench-counts: $(STAMP)
+	$(BIN)/python -m benchmarks.counts
 
 ## bench-sched: the floor and pdp under Linux's default CPU scheduling policy and SCHED_BATCH
 bench-sched: $(STAMP)

@@ -321,12 +321,14 @@ def code_env(code: Path | None) -> dict[str, str] | None:
 def start_pdp(env: BenchEnv, name: str, *, cores: str | None, port: int | None = None,
               threads: int = 16, extra: str = "", cache_size: int = 100_000,
               bundle: SignedBundle | None = None, workers: int = 1,
-              code: Path | None = None, policy: str = "normal") -> ServerProc:
+              code: Path | None = None, policy: str = "normal",
+              environ: dict[str, str] | None = None) -> ServerProc:
     """Start `pdp serve` in its own directory (its own SQLite store and audit); push ``bundle``.
 
     ``workers`` > 1 runs that many processes on the data port (`[server] workers`); the bundle
     reaches them through the shared store, so this waits for them to pick it up. ``code``: a
     checkout whose pdp to serve instead of the installed one (see benchmarks.ab).
+    ``environ``: the child's whole environment, in place of this process's (``code`` aside).
     """
     directory = env.directory / "servers" / name
     shutil.rmtree(directory, ignore_errors=True)
@@ -341,7 +343,8 @@ def start_pdp(env: BenchEnv, name: str, *, cores: str | None, port: int | None =
         proc = subprocess.Popen(
             [*launcher(cores, policy), sys.executable, "-m", "pdp.cli", "serve", "--config",
              str(config)],
-            cwd=directory, stdout=log, stderr=subprocess.STDOUT, env=code_env(code))
+            cwd=directory, stdout=log, stderr=subprocess.STDOUT,
+            env=code_env(code) if code is not None else environ)
     server = ServerProc(name, proc, data_port, admin_port, directory)
     env.servers.append(server)
     wait_port(admin_port, proc)
@@ -353,16 +356,18 @@ def start_pdp(env: BenchEnv, name: str, *, cores: str | None, port: int | None =
 
 
 def start_floor(env: BenchEnv, name: str, *, cores: str | None, threads: int = 16,
-                plaintext: bool = False, policy: str = "normal") -> ServerProc:
+                plaintext: bool = False, policy: str = "normal",
+                environ: dict[str, str] | None = None) -> ServerProc:
     """Start the no-op floor server (benchmarks.floor) with the server certificate, under
-    the CPU scheduling ``policy`` (see :func:`launcher`)."""
+    the CPU scheduling ``policy`` (see :func:`launcher`), in ``environ`` (the whole
+    environment; default: this process's)."""
     port = free_port()
     args = [*launcher(cores, policy), sys.executable, "-m", "benchmarks.floor", "--port", str(port),
             "--threads", str(threads), "--cert", str(env.pki.server_cert),
             "--key", str(env.pki.server_key), "--ca", str(env.pki.ca_cert)]
     if plaintext:
         args.append("--plaintext")
-    proc = subprocess.Popen(args, cwd=ROOT)
+    proc = subprocess.Popen(args, cwd=ROOT, env=environ)
     server = ServerProc(name, proc, port)
     env.servers.append(server)
     wait_port(port, proc)
