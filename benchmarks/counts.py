@@ -117,7 +117,7 @@ def run(*, calls: int = 2000, top: int = 40, out_dir: Path = RESULTS,
                 environ=e),
         }
         for who in SERVERS:
-            file = env.directory / f"counts-{who.split(',')[0]}-{len(per)}.json"
+            file = env.directory / f"counts-{len(per)}.json"
             server = starts[who](_environ(file))
             try:
                 per[who] = _count(server, env, calls, file)

@@ -15,7 +15,7 @@ from pathlib import Path
 
 import pytest
 
-from benchmarks.counts import HOOK, SERVERS, run
+from benchmarks.counts import HOOK, SERVERS, main, run
 
 
 def test_the_hook_is_inert_without_its_variable() -> None:
@@ -27,6 +27,13 @@ def test_the_hook_is_inert_without_its_variable() -> None:
                           text=True, check=False)
     assert done.stdout == "None\n"
     assert done.returncode == -signal.SIGUSR1
+
+
+@pytest.mark.parametrize("argv", [["--calls", "0"], ["--top", "0"]])
+def test_bad_settings_are_refused_before_any_server_starts(
+        argv: list[str], capsys: pytest.CaptureFixture[str]) -> None:
+    assert main(argv) == 1
+    assert "calls and top must be at least 1" in capsys.readouterr().err
 
 
 @pytest.mark.slow
